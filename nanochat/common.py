@@ -1,0 +1,217 @@
+"""Process-wide plumbing shared by every stage: where outputs live, who is rank 0,
+how a user error is reported, how files are written so a crash never leaves half of one.
+
+Everything here is deliberately small and dependency-free apart from torch, so that the
+Makefile's cheap probes (`python -m nanochat.common ...`) start fast.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+# ----------------------------------------------------------------------------- errors
+
+class UserError(Exception):
+    """A problem the user can fix (bad flag, missing file, no GPU...).
+
+    Reported as ONE line on stderr, no traceback, exit status 2. The message should say
+    what is wrong and how to fix it, e.g. "no tokenizer in /x/tokenizer: run `make tokenizer`".
+    """
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Entry point wrapper for scripts: user errors become one clean line, not a traceback."""
+    try:
+        main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        _abort_distributed()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            print(f"error: disk full while writing {exc.filename or 'output'}: free space under "
+                  f"{get_base_dir()} and rerun (finished outputs were not touched)", file=sys.stderr)
+            _abort_distributed()
+            sys.exit(2)
+        raise
+
+
+def _abort_distributed() -> None:
+    try:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:
+        pass
+
+
+# ----------------------------------------------------------------------------- paths
+
+def get_base_dir() -> Path:
+    """All outputs live under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat)."""
+    raw = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+    base = Path(raw)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create NANOCHAT_BASE_DIR={base} ({exc.strerror}): "
+                        f"point NANOCHAT_BASE_DIR at a writable directory") from None
+    return base
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """torch.save through a temp file + rename: a kill or a full disk never leaves a partial file."""
+    import torch
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------------------- distributed
+
+def dist_env() -> tuple[bool, int, int, int]:
+    """(is_ddp, rank, local_rank, world_size) as torchrun sets them."""
+    if all(k in os.environ for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+        return True, int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    return False, 0, 0, 1
+
+
+def is_rank0() -> bool:
+    return dist_env()[1] == 0
+
+
+def print0(*args, **kwargs) -> None:
+    if is_rank0():
+        kwargs.setdefault("flush", True)
+        print(*args, **kwargs)
+
+
+def autodetect_device_type() -> str:
+    import torch
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def compute_init(device_type: str = "", seed: int = 42):
+    """Validate the device, join the process group if launched by torchrun, seed everything.
+
+    Returns (is_ddp, rank, local_rank, world_size, device).
+    """
+    import torch
+    import torch.distributed as dist
+
+    device_type = device_type or autodetect_device_type()
+    if device_type not in ("cuda", "cpu", "mps"):
+        raise UserError(f"--device-type={device_type!r} is not one of cuda, cpu, mps")
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device-type=cuda but no CUDA GPU is visible: use --device-type=cpu "
+                        "(or PRESET=tiny), or check the driver with `make doctor`")
+    if device_type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device-type=mps but MPS is not available: use --device-type=cpu")
+
+    is_ddp, rank, local_rank, world_size = dist_env()
+    if device_type == "cuda":
+        n_gpus = torch.cuda.device_count()
+        if is_ddp and int(os.environ.get("LOCAL_WORLD_SIZE", world_size)) > n_gpus:
+            raise UserError(f"NPROC={os.environ.get('LOCAL_WORLD_SIZE', world_size)} processes per node but only "
+                            f"{n_gpus} GPU(s) visible: set NPROC<={n_gpus}")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device(device_type)
+
+    if is_ddp and not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device_type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+        dist.barrier()
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if device_type == "cuda":
+        torch.cuda.manual_seed(seed)
+    return is_ddp, rank, local_rank, world_size, device
+
+
+def compute_cleanup() -> None:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- hardware
+
+# Dense bf16 tensor-core peak (FLOP/s, no sparsity) used for MFU. Matched on the device name.
+_PEAK_BF16 = [
+    ("h100 nvl", 835e12), ("h100 pcie", 756e12), ("h100", 989e12), ("h200", 989e12),
+    ("gh200", 989e12), ("b200", 2250e12), ("a100", 312e12), ("l40s", 362e12),
+    ("5090", 209.5e12), ("4090", 165.2e12), ("3090", 71e12), ("a6000", 154.8e12),
+]
+
+
+def get_peak_flops(device_name: str) -> float:
+    """bf16 dense peak for MFU; inf for unknown devices (so MFU reads 0 rather than lying)."""
+    name = device_name.lower()
+    for key, flops in _PEAK_BF16:
+        if key in name:
+            return flops
+    return float("inf")
+
+
+def device_name(device) -> str:
+    import torch
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"

