@@ -27,6 +27,10 @@ class UserError(Exception):
 
 def run_main(main: Callable[[], object]) -> None:
     """Entry point wrapper for scripts: user errors become one clean line, not a traceback."""
+    # `torchrun ... -m scripts.base_train -- --depth=20` hands the script a leading "--",
+    # which argparse would read as "no more options": drop it.
+    if len(sys.argv) > 1 and sys.argv[1] == "--":
+        del sys.argv[1]
     try:
         main()
     except UserError as exc:

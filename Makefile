@@ -1,0 +1,383 @@
+# nanochat pipeline: data -> tokenizer -> pretrain -> midtrain -> sft -> report
+#
+# Every stage is a FILE target: a stamp in $(STAMPS) written last, only when the stage succeeded,
+# whose CONTENT is the stage's semantic parameters. At parse time each stamp's recorded parameters
+# are compared with the requested ones; a difference adds the FORCE prerequisite (see `stale`).
+# So a parameter change reruns exactly the stages that consume it (and, through the stamps' mtimes,
+# everything downstream), while `touch`, checkout, NPROC or batch-size changes rerun nothing, and
+# `make -n`/`-q` stay truthful and side-effect free. `make help` lists verbs and variables.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.SUFFIXES:
+MAKEFLAGS += --no-builtin-rules --no-builtin-variables
+.DEFAULT_GOAL := help
+
+ifeq ($(filter grouped-target,$(.FEATURES)),)
+  $(error GNU make >= 4.3 is required (found $(MAKE_VERSION)): use `nix develop` or install a newer make)
+endif
+
+# ============================================================================ where things live
+export NANOCHAT_BASE_DIR ?= $(HOME)/.cache/nanochat
+B      := $(NANOCHAT_BASE_DIR)
+STAMPS := $(B)/.stamps
+REPORT := $(B)/report/report.md
+
+# ============================================================================ toolchain
+# Inside `nix develop` (IN_NIX_SHELL set) the shell's python is used and nothing is installed.
+# Outside, a .venv is bootstrapped with pip on first use; TORCH_SPEC picks the torch build
+# (the default installs the CPU wheel on our CI image; use e.g. TORCH_SPEC='torch==2.11.0' plus
+# PIP_EXTRA='--index-url https://download.pytorch.org/whl/cu130' for a CUDA build).
+IN_NIX_SHELL ?=
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PIP_EXTRA  ?=
+SYSTEM_PYTHON ?= python3
+ifneq ($(IN_NIX_SHELL),)
+  PY       ?= python3
+  VENV_DEP ?=
+else
+  PY       ?= $(VENV)/bin/python
+  VENV_DEP ?= $(VENV)/.installed
+endif
+
+# ============================================================================ hardware & launch
+# GPUs are counted read-only at parse time (no files touched), so `make help` shows real defaults.
+NGPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+ifeq ($(strip $(NGPUS)),)
+  NGPUS := 0
+endif
+ifeq ($(NGPUS),0)
+  PRESET      ?= tiny
+  DEVICE_TYPE ?= cpu
+  NPROC       ?= 1
+else
+  PRESET      ?= speedrun
+  DEVICE_TYPE ?= cuda
+  NPROC       ?= $(NGPUS)
+endif
+# multi-node: same `make pretrain` on every node; torchrun's own rendezvous does the rest
+NNODES      ?= 1
+NODE_RANK   ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
+RDZV_ENDPOINT ?=
+USE_LIBUV   ?=
+export OMP_NUM_THREADS ?= 1
+
+# torchrun-compatible launcher; ours when USE_LIBUV=0 (a torch built without libuv)
+LAUNCHER ?= $(if $(filter 0,$(USE_LIBUV)),$(PY) -m nanochat.torchrun_no_libuv,$(PY) -m torch.distributed.run)
+ifeq ($(NNODES),1)
+  LAUNCH_ARGS := --standalone --nproc_per_node=$(NPROC)
+else ifneq ($(RDZV_ENDPOINT),)
+  LAUNCH_ARGS := --nnodes=$(NNODES) --nproc_per_node=$(NPROC) --rdzv-backend=c10d --rdzv-endpoint=$(RDZV_ENDPOINT)
+else
+  LAUNCH_ARGS := --nnodes=$(NNODES) --node_rank=$(NODE_RANK) --nproc_per_node=$(NPROC) --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)
+endif
+# one process on one node: plain python (no rendezvous, faster start)
+ifeq ($(NPROC)$(NNODES),11)
+  RUN_DIST ?= $(PY)
+else
+  RUN_DIST ?= $(LAUNCHER) $(LAUNCH_ARGS)
+endif
+
+# ============================================================================ presets
+# A preset fills in every knob the user did not set (command line and environment win).
+ifeq ($(PRESET),tiny)
+  # the embedded default: a tiny model on the shipped public-domain corpus, minutes on 2 CPU cores
+  DATA_SOURCE ?= embedded
+  DATA_SHARDS ?= 8
+  VOCAB_SIZE ?= 4096
+  TOK_MAX_CHARS ?= 50000000
+  DEPTH ?= 4
+  ASPECT_RATIO ?= 64
+  HEAD_DIM ?= 64
+  MAX_SEQ_LEN ?= 256
+  WINDOW_PATTERN ?= L
+  TOTAL_BATCH_SIZE ?= 4096
+  DEVICE_BATCH_SIZE ?= 16
+  NUM_ITERATIONS ?= 120
+  EVAL_TOKENS ?= 65536
+  CORE_MAX_PER_TASK ?= 50
+  MID_ITERATIONS ?= 40
+  MID_TOTAL_BATCH_SIZE ?= 4096
+  SFT_EPOCHS ?= 1
+  SFT_ITERATIONS ?= 40
+  CHAT_EVAL_MAX ?= 20
+else ifeq ($(PRESET),speedrun)
+  # nanochat's d20 "$100" recipe on one 8xH100 node (any NPROC works: grad accumulation)
+  DATA_SOURCE ?= auto
+  DATA_SHARDS ?= 240
+  VOCAB_SIZE ?= 32768
+  TOK_MAX_CHARS ?= 2000000000
+  DEPTH ?= 20
+  WINDOW_PATTERN ?= SSSL
+  DEVICE_BATCH_SIZE ?= 32
+  NUM_ITERATIONS ?= -1
+  TARGET_PARAM_DATA_RATIO ?= 20
+else ifeq ($(PRESET),run1000)
+  # the d26 "$1000"-class run
+  DATA_SOURCE ?= auto
+  DATA_SHARDS ?= 450
+  VOCAB_SIZE ?= 32768
+  TOK_MAX_CHARS ?= 4000000000
+  DEPTH ?= 26
+  WINDOW_PATTERN ?= SSSL
+  DEVICE_BATCH_SIZE ?= 16
+  NUM_ITERATIONS ?= -1
+  TARGET_PARAM_DATA_RATIO ?= 20
+else
+  $(error PRESET=$(PRESET) is unknown: use PRESET=tiny, PRESET=speedrun or PRESET=run1000)
+endif
+
+# defaults shared by every preset (the scripts' own defaults, spelled out so they are recorded)
+TOK_DOC_CAP ?= 10000
+ASPECT_RATIO ?= 64
+HEAD_DIM ?= 128
+MAX_SEQ_LEN ?= 2048
+TOTAL_BATCH_SIZE ?= 524288
+TARGET_PARAM_DATA_RATIO ?= 20
+EVAL_TOKENS ?= 10485760
+CORE_MAX_PER_TASK ?= 500
+EMBEDDING_LR ?= 0.3
+UNEMBEDDING_LR ?= 0.004
+MATRIX_LR ?= 0.02
+SCALAR_LR ?= 0.5
+WEIGHT_DECAY ?= 0.0
+WARMUP_RATIO ?= 0.0
+WARMDOWN_RATIO ?= 0.4
+FINAL_LR_FRAC ?= 0.0
+MID_ITERATIONS ?= -1
+MID_TOTAL_BATCH_SIZE ?= 524288
+MID_INIT_LR_FRAC ?= 1.0
+SFT_EPOCHS ?= 1
+SFT_ITERATIONS ?= -1
+SFT_INIT_LR_FRAC ?= 0.02
+CHAT_EVAL_MAX ?= -1
+MODEL_TAG ?= d$(DEPTH)
+# execution-only knobs: never make a stage stale
+WANDB_RUN ?= dummy
+# free-form per-stage flags (semantic: they are recorded in the stamps)
+DATA_ARGS ?=
+TOK_ARGS ?=
+BASE_ARGS ?=
+MID_ARGS ?=
+SFT_ARGS ?=
+# TRACK_CODE=1: a stage also goes stale when the CONTENT of its code changes (off by default:
+# an edit to an eval helper should not silently retrain a 4-hour model)
+TRACK_CODE ?= 0
+
+# ============================================================================ validation
+# Pure make functions: instant, no subprocess, nothing touched.
+# exact string equality (`filter` would treat % as a wildcard)
+eq = $(and $(findstring x$(1),x$(2)),$(findstring x$(2),x$(1)))
+strip_digits = $(subst 9,,$(subst 8,,$(subst 7,,$(subst 6,,$(subst 5,,$(subst 4,,$(subst 3,,$(subst 2,,$(subst 1,,$(subst 0,,$(1)))))))))))
+is_posint = $(and $(strip $(1)),$(if $(strip $(call strip_digits,$(1))),,y),$(if $(subst 0,,$(1)),y))
+is_int = $(if $(filter 0,$(1)),y,$(call is_posint,$(patsubst -%,%,$(1))))
+has_digit = $(if $(call eq,$(call strip_digits,$(1)),$(1)),,y)
+is_number = $(and $(call has_digit,$(1)),$(if $(strip $(subst e,,$(subst E,,$(subst .,,$(subst -,,$(subst +,,$(call strip_digits,$(1)))))))),,y))
+check_posint = $(if $(call is_posint,$($(1))),,$(error $(1)=$($(1)) must be a positive integer (e.g. $(1)=$(2))))
+check_int = $(if $(call is_int,$($(1))),,$(error $(1)=$($(1)) must be an integer (-1 = automatic)))
+check_number = $(if $(call is_number,$($(1))),,$(error $(1)=$($(1)) must be a number (e.g. $(1)=$(2))))
+check_noquote = $(if $(findstring ',$($(1))),$(error $(1) must not contain a single quote))
+
+ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
+$(foreach v,DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE SFT_EPOCHS NPROC NNODES,$(call check_posint,$(v),4))
+$(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK,$(call check_int,$(v)))
+$(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC,$(call check_number,$(v),0.02))
+$(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS WANDB_RUN MODEL_TAG NANOCHAT_BASE_DIR,$(call check_noquote,$(v)))
+$(if $(filter cpu cuda mps,$(DEVICE_TYPE)),,$(error DEVICE_TYPE=$(DEVICE_TYPE) must be cpu, cuda or mps))
+$(if $(filter L S,$(subst S,S ,$(subst L,L ,$(WINDOW_PATTERN)))),,$(error WINDOW_PATTERN=$(WINDOW_PATTERN) must be letters S and L, e.g. SSSL))
+$(if $(strip $(subst S,,$(subst L,,$(WINDOW_PATTERN)))),$(error WINDOW_PATTERN=$(WINDOW_PATTERN) must be letters S and L, e.g. SSSL))
+ifeq ($(DEVICE_TYPE),cuda)
+  ifeq ($(NGPUS),0)
+    $(error DEVICE_TYPE=cuda but no NVIDIA GPU is visible: use DEVICE_TYPE=cpu PRESET=tiny, or check the driver with `make doctor`)
+  endif
+  ifneq ($(shell test $(NPROC) -le $(NGPUS) && echo ok),ok)
+    $(error NPROC=$(NPROC) is larger than the $(NGPUS) GPU(s) visible: set NPROC<=$(NGPUS))
+  endif
+endif
+# the base dir (or the nearest existing parent) must be writable; checked read-only
+BASE_PROBE := $(shell d='$(B)'; while [ ! -e "$$d" ] && [ "$$d" != / ]; do d=$$(dirname "$$d"); done; [ -d "$$d" ] && [ -w "$$d" ] && echo ok)
+ifneq ($(BASE_PROBE),ok)
+  $(error NANOCHAT_BASE_DIR=$(B) is not a writable directory: point NANOCHAT_BASE_DIR at one you can write)
+endif
+endif
+
+# ============================================================================ the staleness machinery
+FORCE: ;
+# Only a stage's semantic parameters live in its stamp. NPROC, DEVICE_BATCH_SIZE, WANDB_RUN,
+# DEVICE_TYPE are execution settings and deliberately absent. (No trailing comments on these
+# lines: the blanks would become part of the values.)
+code_hash = $(if $(filter 1,$(TRACK_CODE)),;code=$(firstword $(shell cat $(1) 2>/dev/null | sha256sum)))
+data_params      := source=$(DATA_SOURCE);shards=$(DATA_SHARDS);args=$(DATA_ARGS)$(call code_hash,nanochat/dataset.py nanochat/embedded_corpus.py)
+tokenizer_params := vocab=$(VOCAB_SIZE);max_chars=$(TOK_MAX_CHARS);doc_cap=$(TOK_DOC_CAP);args=$(TOK_ARGS)$(call code_hash,nanochat/tokenizer.py scripts/tok_train.py)
+pretrain_params  := depth=$(DEPTH);aspect=$(ASPECT_RATIO);head_dim=$(HEAD_DIM);seq=$(MAX_SEQ_LEN);window=$(WINDOW_PATTERN);total_batch=$(TOTAL_BATCH_SIZE);iters=$(NUM_ITERATIONS);ratio=$(TARGET_PARAM_DATA_RATIO);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);lr_scalar=$(SCALAR_LR);wd=$(WEIGHT_DECAY);warmup=$(WARMUP_RATIO);warmdown=$(WARMDOWN_RATIO);final_lr=$(FINAL_LR_FRAC);eval_tokens=$(EVAL_TOKENS);core_max=$(CORE_MAX_PER_TASK);tag=$(MODEL_TAG);args=$(BASE_ARGS)$(call code_hash,nanochat/gpt.py nanochat/optim.py nanochat/dataloader.py nanochat/training.py scripts/base_train.py)
+midtrain_params  := iters=$(MID_ITERATIONS);total_batch=$(MID_TOTAL_BATCH_SIZE);seq=$(MAX_SEQ_LEN);init_lr=$(MID_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_max=$(CHAT_EVAL_MAX);args=$(MID_ARGS)$(call code_hash,nanochat/training.py scripts/mid_train.py)
+sft_params       := epochs=$(SFT_EPOCHS);iters=$(SFT_ITERATIONS);init_lr=$(SFT_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_max=$(CHAT_EVAL_MAX);args=$(SFT_ARGS)$(call code_hash,nanochat/training.py scripts/chat_sft.py)
+
+# the DAG, in one place: the rules below and `make dag`/`make status` all read these lists
+STAGES        := data tokenizer pretrain midtrain sft
+data_deps     :=
+tokenizer_deps := data
+pretrain_deps := data tokenizer
+midtrain_deps := pretrain
+sft_deps      := midtrain
+stamp = $(STAMPS)/$(1).done
+deps_of = $(foreach d,$($(1)_deps),$(call stamp,$(d)))
+
+# `make redo-<stage>` forces that stage (and, through its new stamp, everything after it)
+REDO := $(patsubst redo-%,%,$(filter redo-%,$(MAKECMDGOALS)))
+$(foreach s,$(REDO),$(if $(filter $(s),$(STAGES)),,$(error redo-$(s): unknown stage; stages are: $(STAGES))))
+# FORCE iff the stamp records other parameters than those requested (or the stage is redone)
+stale = $(if $(filter $(1),$(REDO)),FORCE,$(if $(call eq,$(file <$(call stamp,$(1))),$($(1)_params)),,FORCE))
+# how a long stage treats existing checkpoints: resume if compatible, unless forced
+resume_mode = $(if $(filter $(1),$(REDO)),fresh,auto)
+# quote a make value for the shell
+q = '$(subst ','\'',$(1))'
+
+# Only one pipeline per base dir: the first recipe of a run claims $(B)/.lock for this make
+# process (its pid + start time); a second make stops with a clear message. A lock whose owner
+# died (kill -9) is stale and is taken over. $$PPID in a recipe shell is make itself.
+take_lock = @$(SYSTEM_PYTHON) -m nanochat.pipeline lock $(call q,$(B)) $$PPID
+# record the parameters actually used, atomically, after the stage succeeded (node 0 only)
+define finish
+$(if $(filter 0,$(NODE_RANK)),@printf '%s\n' $(call q,$($(1)_params)) > $(call stamp,$(1)).tmp && mv -f $(call stamp,$(1)).tmp $(call stamp,$(1)),@true)
+endef
+step_of = $$(cat $(STAMPS)/$(1).step)
+
+# ============================================================================ user verbs
+.PHONY: help speedrun data tokenizer pretrain midtrain sft report chat status dag clean \
+        clean-checkpoints distclean test doctor $(addprefix redo-,$(STAGES)) FORCE
+
+help: ## show verbs and variables (default goal)
+	@echo "nanochat pipeline -- usage: make <verb> [VAR=value ...]"
+	@echo
+	@grep -hE '^[a-z][a-zA-Z_%-]*:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-18s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables (current values; set on the command line or in the environment):"
+	@$(foreach v,NANOCHAT_BASE_DIR PRESET DEVICE_TYPE NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT USE_LIBUV \
+	   DATA_SOURCE DATA_SHARDS VOCAB_SIZE TOK_MAX_CHARS TOK_DOC_CAP DEPTH ASPECT_RATIO HEAD_DIM MAX_SEQ_LEN \
+	   WINDOW_PATTERN TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE NUM_ITERATIONS TARGET_PARAM_DATA_RATIO EMBEDDING_LR \
+	   UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC EVAL_TOKENS \
+	   CORE_MAX_PER_TASK MID_ITERATIONS MID_TOTAL_BATCH_SIZE MID_INIT_LR_FRAC SFT_EPOCHS SFT_ITERATIONS \
+	   SFT_INIT_LR_FRAC CHAT_EVAL_MAX MODEL_TAG WANDB_RUN DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS TRACK_CODE \
+	   TORCH_SPEC PY,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
+	@echo
+	@echo "Semantic variables make their stage (and what follows) stale; NPROC, DEVICE_BATCH_SIZE,"
+	@echo "DEVICE_TYPE and WANDB_RUN never do. See README.md, 'The pipeline'."
+
+speedrun: $(REPORT) ## run every stage that is stale: data, tokenizer, pretrain, midtrain, sft, report
+data: $(call stamp,data) ## download (or build the embedded) pretraining shards
+tokenizer: $(call stamp,tokenizer) ## train + evaluate the BPE tokenizer
+pretrain: $(call stamp,pretrain) ## base model: train, bits-per-byte, CORE eval
+midtrain: $(call stamp,midtrain) ## midtraining + chat eval (mid)
+sft: $(call stamp,sft) ## chat SFT + chat eval (sft)
+report: $(REPORT) ## assemble report.md from the stage sections
+redo-%: ## force stage % (data, tokenizer, pretrain, midtrain, sft) and everything after it
+$(addprefix redo-,$(STAGES)): $(REPORT)
+	@:
+
+status: ## each stage: up to date, or stale and why (never writes anything)
+	@$(SYSTEM_PYTHON) -m nanochat.pipeline status --stamps $(call q,$(STAMPS)) \
+	  $(foreach s,$(STAGES),--stage $(call q,$(s)|$($(s)_deps)|$($(s)_params)))
+
+dag: ## print the stage graph (Mermaid)
+	@$(SYSTEM_PYTHON) -m nanochat.pipeline dag $(foreach s,$(STAGES),--stage $(call q,$(s)|$($(s)_deps)|))
+
+chat: | $(VENV_DEP) ## talk to the newest SFT model (PROMPT='...' for one answer)
+	@test -f $(STAMPS)/sft.step || { echo "error: no SFT model in $(B): run \`make sft\` first" >&2; exit 1; }
+	$(PY) -m scripts.chat_cli -i sft -g $(MODEL_TAG) -s $(call step_of,sft) --device-type=$(DEVICE_TYPE) $(if $(PROMPT),-p $(call q,$(PROMPT)))
+
+test: | $(VENV_DEP) ## run the test suite
+	$(PY) -m pytest -q tests
+
+doctor: | $(VENV_DEP) ## probe the toolchain: torch, CUDA, GPU, driver
+	$(PY) -m nanochat.doctor
+
+clean: ## delete the report and all stamps (outputs stay: reruns resume/skip cheaply)
+	@echo "deleting $(B)/report and $(STAMPS)"
+	rm -rf -- '$(B)/report' '$(STAMPS)'
+
+clean-checkpoints: ## delete model checkpoints (base, mid, sft) and their stamps
+	@echo "deleting checkpoints under $(B) and the pretrain/midtrain/sft stamps"
+	rm -rf -- '$(B)/base_checkpoints' '$(B)/mid_checkpoints' '$(B)/chatsft_checkpoints'
+	rm -f -- $(foreach s,pretrain midtrain sft,'$(call stamp,$(s))' '$(STAMPS)/$(s).step')
+
+distclean: ## delete EVERYTHING under NANOCHAT_BASE_DIR and .venv (needs CONFIRM=yes)
+	@echo "this deletes $(B) (data, tokenizer, checkpoints, report) and $(VENV)"
+	@if [ "$(CONFIRM)" != yes ]; then echo "nothing deleted: rerun as \`make distclean CONFIRM=yes\`"; exit 1; fi
+	@case '$(B)' in ''|/|$(HOME)) echo "refusing to delete '$(B)'" >&2; exit 1;; esac
+	rm -rf -- '$(B)' '$(VENV)'
+CONFIRM ?=
+
+# ============================================================================ the stages
+$(call stamp,data): $(call deps_of,data) $(call stale,data) | $(VENV_DEP)
+	$(take_lock)
+	rm -f $@
+	$(PY) -m nanochat.dataset -n $(DATA_SHARDS) --source $(DATA_SOURCE) $(DATA_ARGS)
+	$(call finish,data)
+
+$(call stamp,tokenizer): $(call deps_of,tokenizer) $(call stale,tokenizer) | $(VENV_DEP)
+	$(take_lock)
+	rm -f $@
+	$(PY) -m scripts.tok_train --max-chars=$(TOK_MAX_CHARS) --doc-cap=$(TOK_DOC_CAP) --vocab-size=$(VOCAB_SIZE) $(TOK_ARGS)
+	$(PY) -m scripts.tok_eval
+	$(call finish,tokenizer)
+
+$(call stamp,pretrain): $(call deps_of,pretrain) $(call stale,pretrain) | $(VENV_DEP)
+	$(take_lock)
+	rm -f $@ $(STAMPS)/pretrain.step
+	$(RUN_DIST) -m scripts.base_train --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
+	  --depth=$(DEPTH) --aspect-ratio=$(ASPECT_RATIO) --head-dim=$(HEAD_DIM) --max-seq-len=$(MAX_SEQ_LEN) \
+	  --window-pattern=$(WINDOW_PATTERN) --total-batch-size=$(TOTAL_BATCH_SIZE) --device-batch-size=$(DEVICE_BATCH_SIZE) \
+	  --num-iterations=$(NUM_ITERATIONS) --target-param-data-ratio=$(TARGET_PARAM_DATA_RATIO) \
+	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
+	  --scalar-lr=$(SCALAR_LR) --weight-decay=$(WEIGHT_DECAY) --warmup-ratio=$(WARMUP_RATIO) \
+	  --warmdown-ratio=$(WARMDOWN_RATIO) --final-lr-frac=$(FINAL_LR_FRAC) --eval-tokens=$(EVAL_TOKENS) \
+	  --model-tag=$(MODEL_TAG) --resume=$(call resume_mode,pretrain) --record-output=$(STAMPS)/pretrain.step $(BASE_ARGS)
+	$(RUN_DIST) -m scripts.base_loss --device-type=$(DEVICE_TYPE) --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) \
+	  --device-batch-size=$(DEVICE_BATCH_SIZE) --split-tokens=$(EVAL_TOKENS)
+	$(RUN_DIST) -m scripts.base_eval --device-type=$(DEVICE_TYPE) --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) \
+	  --max-per-task=$(CORE_MAX_PER_TASK)
+	$(call finish,pretrain)
+
+$(call stamp,midtrain): $(call deps_of,midtrain) $(call stale,midtrain) | $(VENV_DEP)
+	$(take_lock)
+	rm -f $@ $(STAMPS)/midtrain.step
+	$(RUN_DIST) -m scripts.mid_train --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
+	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,pretrain) --num-iterations=$(MID_ITERATIONS) \
+	  --max-seq-len=$(MAX_SEQ_LEN) --device-batch-size=$(DEVICE_BATCH_SIZE) --total-batch-size=$(MID_TOTAL_BATCH_SIZE) \
+	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
+	  --init-lr-frac=$(MID_INIT_LR_FRAC) --resume=$(call resume_mode,midtrain) --record-output=$(STAMPS)/midtrain.step $(MID_ARGS)
+	$(RUN_DIST) -m scripts.chat_eval --device-type=$(DEVICE_TYPE) -i mid -g $(MODEL_TAG) -s $(call step_of,midtrain) -x $(CHAT_EVAL_MAX)
+	$(call finish,midtrain)
+
+$(call stamp,sft): $(call deps_of,sft) $(call stale,sft) | $(VENV_DEP)
+	$(take_lock)
+	rm -f $@ $(STAMPS)/sft.step
+	$(RUN_DIST) -m scripts.chat_sft --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --source=mid \
+	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,midtrain) --num-epochs=$(SFT_EPOCHS) \
+	  --num-iterations=$(SFT_ITERATIONS) --device-batch-size=$(DEVICE_BATCH_SIZE) \
+	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
+	  --init-lr-frac=$(SFT_INIT_LR_FRAC) --resume=$(call resume_mode,sft) --record-output=$(STAMPS)/sft.step $(SFT_ARGS)
+	$(RUN_DIST) -m scripts.chat_eval --device-type=$(DEVICE_TYPE) -i sft -g $(MODEL_TAG) -s $(call step_of,sft) -x $(CHAT_EVAL_MAX)
+	$(call finish,sft)
+
+# the report is a plain file: rebuilt whenever any stage stamp is newer
+$(REPORT): $(foreach s,$(STAGES),$(call stamp,$(s))) | $(VENV_DEP)
+	$(take_lock)
+	$(if $(filter 0,$(NODE_RANK)),$(PY) -m nanochat.report generate,@true)
+
+# ============================================================================ the virtualenv
+# Content-tracked like a stage: reinstalled when pyproject.toml's content or TORCH_SPEC changes.
+venv_params := torch=$(TORCH_SPEC);pip_extra=$(PIP_EXTRA);pyproject=$(firstword $(shell sha256sum pyproject.toml 2>/dev/null))
+$(VENV)/.installed: $(if $(call eq,$(file <$(VENV)/.installed),$(venv_params)),,FORCE)
+	@echo "bootstrapping $(VENV) with $(TORCH_SPEC) (see TORCH_SPEC in README.md)"
+	rm -f $@
+	$(SYSTEM_PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) '$(TORCH_SPEC)'
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) -e '.[test]'
+	@printf '%s\n' $(call q,$(venv_params)) > $@.tmp && mv -f $@.tmp $@

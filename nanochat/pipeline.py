@@ -1,0 +1,151 @@
+"""Helpers the Makefile calls: `status` (why is a stage stale), `dag` (Mermaid graph), `lock`.
+
+Standard library only and never imports torch: `make status` must answer instantly and must
+never create or modify anything under the base dir (it only reads the stamps).
+
+A stage is given to `status`/`dag` as "name|dep1 dep2|k1=v1;k2=v2" — the same lists and parameter
+strings the Makefile's rules use, so there is a single definition of the DAG (the Makefile's).
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Stage:
+    name: str
+    deps: list[str]
+    params: str
+    reasons: list[str] = field(default_factory=list)
+
+
+def parse_stage(spec: str) -> Stage:
+    name, deps, params = (spec.split("|", 2) + ["", ""])[:3]
+    return Stage(name=name.strip(), deps=deps.split(), params=params)
+
+
+def split_params(params: str) -> dict[str, str]:
+    out = {}
+    for item in params.split(";"):
+        if item:
+            key, _, value = item.partition("=")
+            out[key] = value
+    return out
+
+
+def param_changes(recorded: str, requested: str) -> list[str]:
+    old, new = split_params(recorded), split_params(requested)
+    changes = []
+    for key in list(old) + [k for k in new if k not in old]:
+        if old.get(key) != new.get(key):
+            changes.append(f"{key}: {old.get(key, '(unset)') or '(empty)'} -> {new.get(key, '(unset)') or '(empty)'}")
+    return changes
+
+
+def evaluate(stages: list[Stage], stamps: Path) -> list[Stage]:
+    """Fill in each stage's reasons for being stale, mirroring make's decision."""
+    by_name = {s.name: s for s in stages}
+    mtimes: dict[str, float] = {}
+    for s in stages:  # stages arrive in DAG order
+        stamp = stamps / f"{s.name}.done"
+        if not stamp.exists():
+            s.reasons.append("never built (no completion stamp)" if not (stamps / f"{s.name}.done.tmp").exists()
+                             else "interrupted (no completion stamp)")
+        else:
+            recorded = stamp.read_text().rstrip("\n")
+            if recorded != s.params:
+                s.reasons += [f"parameter {c}" for c in param_changes(recorded, s.params)] or ["parameters changed"]
+            mtimes[s.name] = stamp.stat().st_mtime
+        for d in s.deps:
+            dep = by_name.get(d)
+            if dep is not None and dep.reasons:
+                s.reasons.append(f"upstream stage '{d}' will rerun")
+            elif d in mtimes and s.name in mtimes and mtimes[d] > mtimes[s.name]:
+                s.reasons.append(f"upstream stage '{d}' was rebuilt after it")
+    return stages
+
+
+def cmd_status(args) -> int:
+    stages = evaluate([parse_stage(x) for x in args.stage], Path(args.stamps))
+    width = max(len(s.name) for s in stages)
+    for s in stages:
+        if not s.reasons:
+            print(f"{s.name:<{width}}  up to date")
+        else:
+            print(f"{s.name:<{width}}  STALE: {s.reasons[0]}")
+            for r in s.reasons[1:]:
+                print(f"{'':<{width}}         {r}")
+    return 0
+
+
+def cmd_dag(args) -> int:
+    stages = [parse_stage(x) for x in args.stage]
+    print("```mermaid\ngraph LR")
+    for s in stages:
+        print(f"  {s.name}[{s.name}]")
+        for d in s.deps:
+            print(f"  {d} --> {s.name}")
+    print("  " + " & ".join(s.name for s in stages if not any(s.name in t.deps for t in stages)) + " --> report")
+    print("```")
+    return 0
+
+
+# ----------------------------------------------------------------------------- locking
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a live process (field 22 of /proc/pid/stat), to survive PID reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def cmd_lock(args) -> int:
+    """Claim the base dir for make process `args.pid`; refuse if another live make holds it."""
+    base = Path(args.base_dir)
+    (base / ".stamps").mkdir(parents=True, exist_ok=True)
+    lock_file = base / ".lock"
+    me = f"{args.pid} {_process_start(args.pid)}"
+    fd = os.open(base, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # short critical section: read-check-write of the owner
+        try:
+            owner = lock_file.read_text().split()
+        except OSError:
+            owner = []
+        if len(owner) == 2 and f"{owner[0]} {owner[1]}" != me and _process_start(int(owner[0])) == owner[1]:
+            print(f"error: another make (pid {owner[0]}) is running on {base}: wait for it to finish, "
+                  f"or use another NANOCHAT_BASE_DIR", file=sys.stderr)
+            return 1
+        tmp = lock_file.with_suffix(".tmp")
+        tmp.write_text(me + "\n")
+        os.replace(tmp, lock_file)
+        return 0
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nanochat.pipeline")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("status")
+    p.add_argument("--stamps", required=True)
+    p.add_argument("--stage", action="append", default=[])
+    p = sub.add_parser("dag")
+    p.add_argument("--stage", action="append", default=[])
+    p = sub.add_parser("lock")
+    p.add_argument("base_dir")
+    p.add_argument("pid", type=int)
+    args = parser.parse_args(argv)
+    return {"status": cmd_status, "dag": cmd_dag, "lock": cmd_lock}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""The Makefile's DAG logic, with every stage command replaced by a logging stub.
+
+Each test works on a private copy of the repository (so it may edit sources) and a private
+NANOCHAT_BASE_DIR; PY=tests/fixtures/fake_py records which stage modules run, with which args.
+The numbers in the test names refer to the staleness contract in README.md ("The pipeline").
+"""
+import hashlib
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FULL = ["dataset", "tok_train", "tok_eval", "base_train", "base_loss", "base_eval",
+        "mid_train", "chat_eval", "chat_sft", "chat_eval", "report"]
+FROM_TOKENIZER = FULL[1:]
+FROM_PRETRAIN = FULL[3:]
+FROM_MIDTRAIN = FULL[6:]
+FROM_SFT = ["chat_sft", "chat_eval", "report"]
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A copy of the repository's pipeline-relevant files."""
+    dst = tmp_path / "repo"
+    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache"))
+    return dst
+
+
+@pytest.fixture
+def pipe(repo, tmp_path):
+    return Pipeline(repo, tmp_path / "base")
+
+
+class Pipeline:
+    def __init__(self, repo: Path, base: Path):
+        self.repo, self.base = repo, base
+
+    def env(self, **extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("FAKE_", "MAKE"))}
+        for k in ("DEPTH", "NPROC", "PRESET", "VOCAB_SIZE", "DEVICE_TYPE", "IN_NIX_SHELL", "MAKEFLAGS"):
+            env.pop(k, None)
+        env["NANOCHAT_BASE_DIR"] = str(self.base)
+        env.update(extra)
+        return env
+
+    def make(self, *args, env=None, check=False, timeout=60):
+        cmd = ["make", "--no-print-directory", "PY=tests/fixtures/fake_py", "VENV_DEP=", *args]
+        res = subprocess.run(cmd, cwd=self.repo, env=self.env(**(env or {})), capture_output=True,
+                             text=True, timeout=timeout)
+        if check:
+            assert res.returncode == 0, res.stdout + res.stderr
+        return res
+
+    def popen(self, *args, env=None):
+        cmd = ["make", "--no-print-directory", "PY=tests/fixtures/fake_py", "VENV_DEP=", *args]
+        return subprocess.Popen(cmd, cwd=self.repo, env=self.env(**(env or {})), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    @property
+    def log(self) -> Path:
+        return self.base / "calls.log"
+
+    def calls(self) -> list[str]:
+        return [line.split()[0] for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+    def call_args(self, module) -> list[list[str]]:
+        return [line.split()[1:] for line in self.log.read_text().splitlines() if line.split()[0] == module]
+
+    def reset_log(self):
+        self.log.unlink(missing_ok=True)
+
+    def built(self, **params):
+        """A fully built base dir; the call log is emptied afterwards."""
+        self.make("speedrun", *[f"{k}={v}" for k, v in params.items()], check=True)
+        self.reset_log()
+
+    def snapshot(self):
+        out = {}
+        for p in sorted(self.base.rglob("*")):
+            st = p.lstat()
+            out[str(p)] = (st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "")
+        return out
+
+
+def dry_modules(stdout: str) -> list[str]:
+    """Stage modules a `make -n` would run, in order (the last `-m X` of each command line)."""
+    mods = []
+    for line in stdout.splitlines():
+        found = re.findall(r"-m (?:scripts|nanochat)\.(\w+)", line)
+        if found and found[-1] not in ("pipeline", "torchrun_no_libuv"):
+            mods.append(found[-1])
+    return mods
+
+
+# ----------------------------------------------------------------------------- 1, 2
+
+def test_1_clean_build_runs_every_stage_once_in_order(pipe):
+    res = pipe.make("speedrun")
+    assert res.returncode == 0, res.stderr
+    assert pipe.calls() == FULL
+    assert (pipe.base / "report" / "report.md").exists()
+    for stage in ("data", "tokenizer", "pretrain", "midtrain", "sft"):
+        assert (pipe.base / ".stamps" / f"{stage}.done").exists()
+
+
+def test_2_null_build_does_nothing(pipe):
+    pipe.built()
+    assert pipe.make("-q", "speedrun").returncode == 0
+    assert dry_modules(pipe.make("-n", "speedrun").stdout) == []
+    assert pipe.make("speedrun").returncode == 0
+    assert pipe.calls() == []
+
+
+# ----------------------------------------------------------------------------- 3, 4, 14
+
+def test_3_touch_and_checkout_of_sources_rerun_nothing(pipe):
+    pipe.built()
+    future = time.time() + 3600
+    for p in list(pipe.repo.rglob("*.py")) + [pipe.repo / "Makefile", pipe.repo / "pyproject.toml"]:
+        os.utime(p, (future, future))
+    assert pipe.make("-q", "speedrun").returncode == 0
+    pipe.make("speedrun", check=True)
+    assert pipe.calls() == []
+
+
+def test_4_execution_only_changes_rerun_nothing(pipe):
+    pipe.built()
+    exec_only = ["NPROC=2", "DEVICE_BATCH_SIZE=3", "WANDB_RUN=myrun", "DEVICE_TYPE=cpu"]
+    assert pipe.make("-q", "speedrun", *exec_only).returncode == 0
+    pipe.make("speedrun", *exec_only, check=True)
+    assert pipe.calls() == []
+
+
+def test_14_code_changes_are_opt_in(pipe):
+    pipe.built()
+    script = pipe.repo / "scripts" / "base_train.py"
+    script.write_text((script.read_text() if script.exists() else "") + "\n# an edit\n")
+    assert pipe.make("-q", "speedrun").returncode == 0          # default: code edits are not tracked
+    pipe.built(TRACK_CODE=1)                                     # opting in records code hashes...
+    pipe.make("speedrun", "TRACK_CODE=1", check=True)
+    assert pipe.calls() == []                                    # ...a null build stays null...
+    script.write_text(script.read_text() + "\n# another edit\n")
+    pipe.make("speedrun", "TRACK_CODE=1", check=True)
+    assert pipe.calls() == FROM_PRETRAIN                         # ...and a content change reruns
+
+
+# ----------------------------------------------------------------------------- 5, 6, 7, 8, 10
+
+@pytest.mark.parametrize("change,expected", [
+    ("DEPTH=6", FROM_PRETRAIN),
+    ("VOCAB_SIZE=2048", FROM_TOKENIZER),
+    ("SFT_EPOCHS=2", FROM_SFT),
+    ("MID_ITERATIONS=9", FROM_MIDTRAIN),
+    ("MATRIX_LR=0.03", FROM_PRETRAIN),
+    ("DATA_SHARDS=3", FULL),
+    ("BASE_ARGS=--seed=3", FROM_PRETRAIN),
+])
+def test_5_6_7_10_param_change_reruns_exactly_the_suffix(pipe, change, expected):
+    pipe.built()
+    assert pipe.make("-q", "speedrun", change).returncode == 1
+    dry = dry_modules(pipe.make("-n", "speedrun", change).stdout)
+    pipe.make("speedrun", change, check=True)
+    assert pipe.calls() == expected
+    assert dry == expected                                       # 10: make -n tells the truth
+    pipe.reset_log()
+    pipe.make("speedrun", change, check=True)                    # and the change is now recorded
+    assert pipe.calls() == []
+
+
+def test_8_switching_back_rebuilds_but_resumes(pipe):
+    pipe.built()
+    pipe.make("speedrun", "DEPTH=6", check=True)
+    pipe.reset_log()
+    pipe.make("speedrun", "DEPTH=4", check=True)
+    assert pipe.calls() == FROM_PRETRAIN
+    # the stage is rerun, but told to resume: the d4 checkpoints are still on disk and compatible
+    assert "--resume=auto" in pipe.call_args("base_train")[0]
+    assert "--model-tag=d4" in pipe.call_args("base_train")[0]
+
+
+def test_10_dry_run_matches_real_run_for_random_perturbations(pipe):
+    rng = random.Random(0)
+    knobs = {"DEPTH": ["4", "5"], "VOCAB_SIZE": ["4096", "2048"], "SFT_EPOCHS": ["1", "2"],
+             "MID_ITERATIONS": ["40", "41"], "NPROC": ["1", "2"], "DATA_SHARDS": ["8", "7"]}
+    pipe.built()
+    for _ in range(6):
+        change = [f"{k}={rng.choice(v)}" for k, v in knobs.items() if rng.random() < 0.4]
+        dry = dry_modules(pipe.make("-n", "speedrun", *change).stdout)
+        pipe.make("speedrun", *change, check=True)
+        assert pipe.calls() == dry, change
+        pipe.reset_log()
+
+
+# ----------------------------------------------------------------------------- 9
+
+def test_9_dry_run_question_status_help_touch_nothing(pipe):
+    pipe.built()
+    before = pipe.snapshot()
+    for args in (["-n", "speedrun", "DEPTH=9"], ["-q", "speedrun", "VOCAB_SIZE=99"], ["status", "DEPTH=9"],
+                 ["help"], ["dag"], ["-n", "redo-pretrain"], ["-n", "clean"]):
+        pipe.make(*args)
+    assert pipe.snapshot() == before
+
+
+def test_9_nothing_created_in_a_fresh_base_dir(pipe):
+    for args in (["-n", "speedrun"], ["-q", "speedrun"], ["status"], ["help"], ["dag"]):
+        pipe.make(*args)
+    assert not pipe.base.exists()
+
+
+# ----------------------------------------------------------------------------- 11
+
+def test_11_failed_stage_leaves_no_marker_and_rerun_starts_there(pipe):
+    res = pipe.make("speedrun", env={"FAKE_FAIL": "mid_train"})
+    assert res.returncode != 0
+    assert not (pipe.base / ".stamps" / "midtrain.done").exists()
+    assert (pipe.base / ".stamps" / "pretrain.done").exists()
+    pipe.reset_log()
+    pipe.make("speedrun", check=True)
+    assert pipe.calls() == FROM_MIDTRAIN
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_11_killed_stage_leaves_no_marker_and_resumes(pipe, sig):
+    proc = pipe.popen("speedrun", env={"FAKE_SLEEP": "base_train:30"})
+    deadline = time.time() + 20
+    while "base_train" not in pipe.calls():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)
+    proc.wait(timeout=20)
+    assert proc.returncode != 0
+    assert not (pipe.base / ".stamps" / "pretrain.done").exists()
+    pipe.reset_log()
+    pipe.make("speedrun", check=True)
+    assert pipe.calls() == FROM_PRETRAIN
+    assert "--resume=auto" in pipe.call_args("base_train")[0]
+
+
+# ----------------------------------------------------------------------------- 12
+
+def test_12_second_make_on_same_base_dir_stops_with_a_message(pipe):
+    first = pipe.popen("speedrun", env={"FAKE_SLEEP": "tok_train:4"})
+    deadline = time.time() + 20
+    while "tok_train" not in pipe.calls():
+        assert time.time() < deadline and first.poll() is None
+        time.sleep(0.05)
+    t0 = time.time()
+    second = pipe.make("speedrun", "DEPTH=5")
+    assert second.returncode != 0
+    assert "another make" in second.stderr
+    assert time.time() - t0 < 5
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert pipe.calls() == FULL                                  # nothing interleaved
+
+
+def test_12_stale_lock_of_a_dead_make_is_taken_over(pipe):
+    pipe.base.mkdir(parents=True)
+    (pipe.base / ".lock").write_text("999999 12345\n")
+    pipe.make("speedrun", check=True)
+    assert pipe.calls() == FULL
+
+
+# ----------------------------------------------------------------------------- 13, redo, status
+
+def test_13_downstream_stages_get_explicit_tag_and_step(pipe):
+    pipe.make("speedrun", "DEPTH=5", check=True)
+    mid = pipe.call_args("mid_train")[0]
+    assert "--model-tag=d5" in mid and "--model-step=7" in mid
+    for module in ("base_loss", "base_eval"):
+        args = pipe.call_args(module)[0]
+        assert "--model-tag=d5" in args and "--step=7" in args
+    evals = pipe.call_args("chat_eval")
+    assert evals[0][evals[0].index("-i") + 1] == "mid" and evals[1][evals[1].index("-i") + 1] == "sft"
+    assert all(a[a.index("-g") + 1] == "d5" and a[a.index("-s") + 1] == "7" for a in evals)
+
+
+def test_redo_forces_one_stage_and_its_descendants_fresh(pipe):
+    pipe.built()
+    dry = dry_modules(pipe.make("-n", "redo-midtrain").stdout)
+    pipe.make("redo-midtrain", check=True)
+    assert pipe.calls() == FROM_MIDTRAIN == dry
+    assert "--resume=fresh" in pipe.call_args("mid_train")[0]
+    assert "--resume=auto" in pipe.call_args("chat_sft")[0]
+
+
+def test_status_says_which_parameter_changed(pipe):
+    pipe.built()
+    out = pipe.make("status", "DEPTH=6").stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
+    assert "up to date" in lines["tokenizer"] and "up to date" in lines["data"]
+    assert "depth: 4 -> 6" in out and "tag: d4 -> d6" in out
+    assert "STALE" in lines["midtrain"] and "upstream stage 'pretrain'" in lines["midtrain"]
+    assert "up to date" in pipe.make("status").stdout.splitlines()[-1]
+
+
+def test_dag_is_mermaid_of_the_stage_lists(pipe):
+    out = pipe.make("dag").stdout
+    assert "graph LR" in out and "tokenizer --> pretrain" in out and "midtrain --> sft" in out
+
+
+def test_multiprocess_stages_go_through_the_launcher(pipe):
+    out = pipe.make("-n", "pretrain", "NPROC=2", "USE_LIBUV=0").stdout
+    assert re.search(r"-m nanochat\.torchrun_no_libuv --standalone --nproc_per_node=2 -m scripts\.base_train", out)
+    out = pipe.make("-n", "pretrain", "NPROC=1", "NNODES=2", "NODE_RANK=1", "MASTER_ADDR=10.0.0.1").stdout
+    assert "--nnodes=2 --node_rank=1 --nproc_per_node=1 --master_addr=10.0.0.1" in out
+
+
+def test_only_node_zero_writes_stamps(pipe):
+    res = pipe.make("data", "NNODES=2", "NODE_RANK=1", "NPROC=1")
+    assert res.returncode == 0, res.stderr
+    assert "dataset" in pipe.calls()
+    assert not (pipe.base / ".stamps" / "data.done").exists()
+
+
+# ----------------------------------------------------------------------------- 15
+
+@pytest.mark.parametrize("bad,variable", [
+    ("DEPTH=abc", "DEPTH"), ("NPROC=0", "NPROC"), ("PRESET=huge", "PRESET"), ("DEPTH=-2", "DEPTH"),
+    ("MATRIX_LR=fast", "MATRIX_LR"), ("VOCAB_SIZE=1e5", "VOCAB_SIZE"), ("WINDOW_PATTERN=SXL", "WINDOW_PATTERN"),
+    ("DEVICE_TYPE=tpu", "DEVICE_TYPE"), ("DEVICE_TYPE=cuda", "DEVICE_TYPE"), ("NUM_ITERATIONS=ten", "NUM_ITERATIONS"),
+    ("redo-nothing", "redo-nothing"),
+])
+def test_15_bad_values_fail_fast_naming_the_variable(pipe, bad, variable):
+    pipe.built()
+    before = pipe.snapshot()
+    t0 = time.time()
+    res = pipe.make("speedrun", bad)
+    assert time.time() - t0 < 1.0
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and variable in errors[0], res.stderr
+    assert pipe.snapshot() == before
+
+
+def test_15_unwritable_base_dir_fails_fast(pipe, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    res = pipe.make("speedrun", env={"NANOCHAT_BASE_DIR": str(blocker / "base")})
+    assert res.returncode != 0 and "NANOCHAT_BASE_DIR" in res.stderr
+
+
+def test_help_documents_every_phony_verb(pipe):
+    text = (pipe.repo / "Makefile").read_text()
+    phony = set()
+    for m in re.finditer(r"^\.PHONY:((?:.*\\\n)*.*)$", text, re.M):
+        phony |= set(m.group(1).replace("\\\n", " ").split())
+    helped = pipe.make("help").stdout
+    for verb in phony - {"FORCE", "$(addprefix"} :
+        if verb.startswith("redo-") or verb.startswith("$("):
+            continue
+        assert re.search(rf"^\s+{re.escape(verb)}\s", helped, re.M), verb
+    assert "redo-%" in helped and "DEPTH" in helped and "NPROC" in helped
