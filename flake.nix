@@ -1,0 +1,86 @@
+{
+  description = "nanochat: pinned dev shells with PyTorch built from source (CUDA 13, sm_120 by default)";
+
+  # Binary caches offered to `nix develop`/`nix build` (Nix asks before using them unless
+  # accept-flake-config is set; trusted users only). No public cache holds OUR torch (CUDA 13,
+  # single capability): see docs/nix.md for the lab cache recipe, and add the lab cache here.
+  nixConfig = {
+    extra-substituters = [ "https://cache.nixos-cuda.org" ];
+    extra-trusted-public-keys = [ "cache.nixos-cuda.org:74DUi4Ye579gUqzH4ziL9IyiJBlDpMRn9MBN8oNan9M=" ];
+  };
+
+  inputs = {
+    # nixos-unstable, 2026-10-03: torch >= 2.12 that accepts CUDA 13; cudaPackages_13 (13.2)
+    nixpkgs.url = "github:NixOS/nixpkgs/a7868a727837f3c09cee2ce0ca671c76b1589fed";
+
+    # Optional torch source. By default it follows nixpkgs, which means "use the torch release
+    # nixpkgs pins". Build torch from a local PyTorch checkout (with submodules) instead with
+    #   nix develop --override-input torch-src path:/path/to/pytorch
+    torch-src = {
+      follows = "nixpkgs";
+      flake = false;
+    };
+  };
+
+  outputs = { self, nixpkgs, torch-src }:
+    let
+      linuxSystems = [ "x86_64-linux" "aarch64-linux" ];
+      cpuOnlySystems = [ "aarch64-darwin" ];
+      forSystems = systems: f: builtins.listToAttrs (map (system: { name = system; value = f system; }) systems);
+
+      torchSrc = if torch-src.outPath == nixpkgs.outPath then null else torch-src;
+
+      # mkPkgs { system; cuda ? true; cudaCapabilities ? [ "12.0" ]; cudaPackageSet ? "cudaPackages_13"; }
+      mkPkgs = import ./nix/pkgs.nix { inherit nixpkgs torchSrc; };
+      mkShell = args: import ./nix/shell.nix args;
+
+      # Everything for one system. CUDA variants exist on Linux only.
+      perSystem = system:
+        let
+          isLinux = builtins.elem system linuxSystems;
+          cpuPkgs = mkPkgs { inherit system; cuda = false; };
+          cpuShell = mkShell { pkgs = cpuPkgs; name = "nanochat-cpu"; cuda = false; };
+          cudaVariant = name: caps:
+            let pkgs = mkPkgs { inherit system; cudaCapabilities = caps; };
+            in {
+              inherit pkgs;
+              shell = mkShell { inherit pkgs name; cudaCapabilities = caps; };
+            };
+          sm120 = cudaVariant "nanochat-cuda13-sm120" [ "12.0" ];
+          sm90 = cudaVariant "nanochat-cuda13-sm90" [ "9.0" ];
+          main = if isLinux then sm120 else { pkgs = cpuPkgs; shell = cpuShell; };
+        in
+        {
+          devShells = {
+            default = main.shell;
+            cpu = cpuShell;
+          } // (if isLinux then { sm120 = sm120.shell; sm90 = sm90.shell; } else { });
+
+          packages = {
+            default = main.pkgs.python3Packages.nanochat;
+            nanochat = main.pkgs.python3Packages.nanochat;
+            nanochat-cpu = cpuPkgs.python3Packages.nanochat;
+            rustbpe = cpuPkgs.python3Packages.rustbpe;
+            torch = main.pkgs.python3Packages.torch;
+            # the dev shells' Python environments: what the lab cache should hold
+            python = main.shell.python;
+            python-cpu = cpuShell.python;
+          } // (if isLinux then { python-sm90 = sm90.shell.python; } else { });
+
+          checks = {
+            tests = import ./nix/checks.nix { pkgs = cpuPkgs; python = cpuShell.python; };
+          };
+        };
+
+      all = forSystems (linuxSystems ++ cpuOnlySystems) perSystem;
+      project = attr: builtins.mapAttrs (_system: outputs: outputs.${attr}) all;
+    in
+    {
+      devShells = project "devShells";
+      packages = project "packages";
+      checks = project "checks";
+
+      overlays.default = import ./nix/overlay.nix { inherit torchSrc; };
+      lib = { inherit mkPkgs; };
+    };
+}

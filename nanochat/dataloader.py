@@ -1,0 +1,587 @@
+"""Data loaders for every training stage: pretraining text, midtraining and SFT conversations.
+
+All loaders yield `(inputs [B, T] int64, targets [B, T] int64, state)` on the target device, where
+`state` is a small JSON-able dict: passing it back as `resume_state` continues with EXACTLY the
+batches that would have followed (same process count), which is what makes a resumed run reproduce
+the uninterrupted one.
+
+Pretraining (`DataLoader`, `pretrain_loader`)
+---------------------------------------------
+Row groups come from `nanochat.dataset.parquets_iter_batched(split, start=rank, step=world)` (so
+ranks read disjoint row groups) and are tokenized on the fly with the tokenizer's threaded batch
+encode, every document getting a leading BOS. Documents wait in a buffer of `buffer_size` (default
+1000) documents; each row of T+1 tokens is filled by best-fit packing:
+
+  * repeatedly place the LARGEST buffered document that fits the space left in the row (ties: the
+    oldest document), refilling the buffer from the next row group whenever it drops below
+    `buffer_size`;
+  * when no buffered document fits, the SHORTEST buffered document is cropped to exactly the space
+    left and its tail is discarded (a tail has no BOS, so it could never start a row). That crop is
+    the only way a token is dropped; it also closes every row, so rows are always full (no padding).
+
+Hence every row starts with BOS and every document starts at a BOS. inputs = row[:-1],
+targets = row[1:]. The train split cycles forever (`state["epoch"]` counts passes); so does val:
+every evaluation builds a fresh loader, so all evaluations see the same tokens (if the val split is
+smaller than what an evaluation asks for, the second pass repeats it).
+
+Resume: the packing is a deterministic function of the buffer contents (in insertion order) and
+of the row groups still to come, so the state records the reading position of the row-group
+iterator plus, for every row group that still has documents in the buffer, where to find it
+again (the position preceding it in this rank's stream) and which of its documents remain.
+Resuming re-reads and re-tokenizes just those documents and continues reading where the original
+left off: the next batches are identical. A state is per rank; with another world size it cannot
+be honoured exactly and the stream restarts (with a warning).
+
+Chat (`mid_loader`, `sft_loader`)
+---------------------------------
+Conversations are rendered with `tokenizer.render_conversation(conv, max_tokens=T+1)`: a
+conversation longer than T+1 tokens is truncated to T+1 by the renderer and then fills one row on
+its own; a conversation is never split across rows. Targets are -1 wherever the renderer's mask is
+0 (user turns, BOS, tool outputs, padding), so the loss covers assistant tokens only. Conversations
+without any trained token are skipped. Rank r of W uses examples r, r+W, r+2W, ... and cycles over
+the task forever (epoch counter).
+
+  * mid: the same best-fit packing into rows of T+1 tokens, but never cropping: when nothing fits,
+    the rest of the row is padded (inputs BOS, targets -1).
+  * sft: one conversation per row; a batch is padded to its longest row (so its width is <= T);
+    pad inputs are `<|assistant_end|>`, pad targets -1.
+
+Transfer: batches are produced by a background thread (a small queue) so tokenization overlaps the
+GPU; on CUDA each batch is written into ONE pinned host buffer and moved with ONE non-blocking copy
+into a persistent device buffer. On CUDA the returned tensors are views of that buffer: they are
+valid until the next batch is requested (clone them to keep them). On CPU every batch is fresh.
+"""
+from __future__ import annotations
+
+import bisect
+import queue
+import threading
+import warnings
+from collections import OrderedDict
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from nanochat.common import UserError
+
+STATE_VERSION = 1
+
+
+# ============================================================================ best-fit packer
+
+class BestFitPacker:
+    """A buffer of token sequences (each starting with BOS) that builds fixed-length rows.
+
+    Items are kept sorted by (length, -insertion_order), so "largest that fits" and "shortest"
+    are bisections; ties go to the oldest item. Selection depends only on the multiset of
+    buffered items and their relative insertion order, which is what resume reconstructs.
+    """
+
+    def __init__(self, row_len: int, crop: bool = True, pad_id: int = 0):
+        if row_len < 2:
+            raise ValueError("row_len must be >= 2")
+        self.row_len = row_len
+        self.crop = crop
+        self.pad_id = pad_id
+        self._keys: list[tuple[int, int]] = []          # sorted (length, -seq)
+        self._items: dict[int, tuple] = {}              # seq -> (ids, mask, ident)
+        self._seq = 0
+        self.cropped_tokens = 0                         # tokens discarded by crops (diagnostics)
+        self.padded_tokens = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, ids, ident, mask=None) -> None:
+        if len(ids) == 0:
+            return
+        seq = self._seq
+        self._seq += 1
+        self._items[seq] = (ids, mask, ident)
+        bisect.insort(self._keys, (len(ids), -seq))
+
+    def idents(self) -> list:
+        """Identities of the buffered items, oldest first."""
+        return [self._items[s][2] for s in sorted(self._items)]
+
+    def _pop(self, index: int):
+        _, negseq = self._keys.pop(index)
+        return self._items.pop(-negseq)
+
+    def build_row(self, refill: Callable[[], None]):
+        """One row: (ids int64 [row_len], mask int8 [row_len], idents of the items used)."""
+        n = self.row_len
+        row = np.empty(n, dtype=np.int64)
+        mask = np.ones(n, dtype=np.int8)
+        used = []
+        filled = 0
+        while filled < n:
+            refill()
+            if not self._keys:
+                raise RuntimeError("data source produced no documents")
+            space = n - filled
+            i = bisect.bisect_right(self._keys, (space, 1)) - 1   # largest length <= space, oldest
+            if i >= 0:
+                ids, m, ident = self._pop(i)
+                k = len(ids)
+            elif self.crop or filled == 0:
+                # nothing fits: crop the shortest (oldest among equals), drop its tail
+                shortest = self._keys[0][0]
+                j = bisect.bisect_right(self._keys, (shortest, 1)) - 1
+                ids, m, ident = self._pop(j)
+                self.cropped_tokens += len(ids) - space
+                k = space
+            else:
+                row[filled:] = self.pad_id
+                mask[filled:] = 0
+                self.padded_tokens += space
+                break
+            row[filled:filled + k] = ids[:k]
+            if m is not None:
+                mask[filled:filled + k] = m[:k]
+            filled += k
+            used.append(ident)
+        return row, mask, used
+
+
+# ============================================================================ pretraining stream
+
+def _pos(p):
+    return None if p is None else tuple(int(x) for x in p)
+
+
+def _jpos(p):
+    return None if p is None else [int(x) for x in p]
+
+
+def _default_source(split, start, step, resume):
+    from nanochat.dataset import parquets_iter_batched
+    return parquets_iter_batched(split, start=start, step=step, resume=resume)
+
+
+class PretrainStream:
+    """Packs tokenized documents of one rank's row groups into rows of `row_len` tokens.
+
+    `source(split, start, step, resume)` yields (texts, position) per row group;
+    `encode(texts) -> list[list[int]]` must prepend BOS. Both default to the real modules.
+    """
+
+    def __init__(self, tokenizer, row_len: int, split: str = "train", rank: int = 0, world: int = 1,
+                 resume_state: dict | None = None, buffer_size: int = 1000, tokenizer_threads: int = 4,
+                 source=None, encode=None):
+        if split not in ("train", "val"):
+            raise UserError(f"split must be 'train' or 'val', got {split!r}")
+        self.split, self.rank, self.world = split, rank, world
+        self.buffer_size = max(1, int(buffer_size))
+        self.source = source or _default_source
+        if encode is None:
+            bos = tokenizer.get_bos_token_id()
+            encode = lambda texts: tokenizer.encode(texts, prepend=bos, num_threads=tokenizer_threads)  # noqa: E731
+        self.encode = encode
+        self.packer = BestFitPacker(row_len, crop=True)
+        self.epoch = 0
+        self.last_pos = None          # resume point of the row-group iterator (None = epoch start)
+        self._it = None
+        self._it_yielded = False
+        self._serial = 0
+        self.pending: OrderedDict[int, dict] = OrderedDict()  # row groups with docs in the buffer
+        self.rows_emitted = 0
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    # ---------------------------------------------------------------- reading
+    def _next_row_group(self):
+        for _ in range(3):
+            if self._it is None:
+                self._it = iter(self.source(self.split, self.rank, self.world, _pos(self.last_pos)))
+                self._it_yielded = False
+            try:
+                texts, pos = next(self._it)
+            except StopIteration:
+                fresh = self.last_pos is None and not self._it_yielded
+                self._it = None
+                if fresh:
+                    break
+                self.epoch += 1
+                self.last_pos = None
+                continue
+            self._it_yielded = True
+            prev, self.last_pos = self.last_pos, _pos(pos)
+            return list(texts), prev, self.last_pos
+        raise UserError(f"rank {self.rank} of {self.world} gets no row groups from the {self.split!r} split: "
+                        f"download more shards (`make data`) or use fewer processes")
+
+    def _add_docs(self, prev, pos, doc_indices, token_lists):
+        serial = self._serial
+        self._serial += 1
+        entry = {"prev": prev, "pos": pos, "docs": set()}
+        for j, ids in zip(doc_indices, token_lists):
+            if len(ids):
+                entry["docs"].add(j)
+                self.packer.add(np.asarray(ids, dtype=np.int64), (serial, j))
+        if entry["docs"]:
+            self.pending[serial] = entry
+
+    def _refill(self):
+        while len(self.packer) < self.buffer_size:
+            texts, prev, pos = self._next_row_group()
+            if texts:
+                self._add_docs(prev, pos, range(len(texts)), self.encode(texts))
+
+    # ---------------------------------------------------------------- rows
+    def next_row(self):
+        row, _, used = self.packer.build_row(self._refill)
+        for serial, j in used:
+            entry = self.pending[serial]
+            entry["docs"].discard(j)
+            if not entry["docs"]:
+                del self.pending[serial]
+        self.rows_emitted += 1
+        return row
+
+    def next_batch(self, B: int):
+        rows = np.stack([self.next_row() for _ in range(B)])
+        return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:]), self.state()
+
+    # ---------------------------------------------------------------- state
+    def state(self) -> dict:
+        return {
+            "version": STATE_VERSION, "kind": "pretrain", "split": self.split,
+            "rank": self.rank, "world": self.world, "epoch": self.epoch,
+            "last": _jpos(self.last_pos), "rows": self.rows_emitted,
+            "pending": [[_jpos(e["prev"]), _jpos(e["pos"]), sorted(e["docs"])] for e in self.pending.values()],
+        }
+
+    def _restore(self, st: dict):
+        _check_state(st, "pretrain", split=self.split)
+        if (st.get("rank"), st.get("world")) != (self.rank, self.world):
+            warnings.warn(f"data loader state was saved by rank {st.get('rank')} of {st.get('world')}, "
+                          f"this is rank {self.rank} of {self.world}: the data stream restarts")
+            return
+        self.epoch = int(st["epoch"])
+        self.rows_emitted = int(st.get("rows", 0))
+        for prev, pos, docs in st["pending"]:
+            it = iter(self.source(self.split, self.rank, self.world, _pos(prev)))
+            try:
+                texts, got = next(it)
+            except StopIteration:
+                got, texts = None, []
+            if _pos(got) != _pos(pos):
+                raise UserError(f"cannot resume the data loader: row group {pos} of the {self.split!r} split "
+                                f"is gone (found {got}); the dataset changed since the checkpoint was "
+                                f"saved: restore it (`make data`) or start over with --resume=fresh")
+            texts = list(texts)
+            if docs and max(docs) >= len(texts):
+                raise UserError(f"cannot resume the data loader: row group {pos} changed size; the dataset "
+                                f"changed since the checkpoint: start over with --resume=fresh")
+            self._add_docs(_pos(prev), _pos(pos), docs, self.encode([texts[j] for j in docs]))
+        self.last_pos = _pos(st["last"])
+
+
+def _check_state(st, kind, **expect):
+    if not isinstance(st, dict) or st.get("version") != STATE_VERSION or st.get("kind") != kind:
+        raise UserError(f"unusable data loader state (expected a {kind!r} state of version {STATE_VERSION}): "
+                        f"start over with --resume=fresh")
+    for k, v in expect.items():
+        if st.get(k) != v:
+            raise UserError(f"data loader state is for {k}={st.get(k)!r}, not {v!r}: start over with --resume=fresh")
+
+
+# ============================================================================ chat streams
+
+def _render(tokenizer, conversation, max_tokens):
+    ids, mask = tokenizer.render_conversation(conversation, max_tokens=max_tokens)
+    ids = np.asarray(ids, dtype=np.int64)[:max_tokens]
+    mask = np.asarray(mask, dtype=np.int8)[:max_tokens]
+    if len(ids) < 2 or not mask[1:].any():
+        return None, None  # nothing to learn from
+    return ids, mask
+
+
+def _targets(ids, mask):
+    return np.where(mask[1:] == 1, ids[1:], -1).astype(np.int64)
+
+
+class _TaskCursor:
+    """Walks examples rank, rank+world, ... of a task forever, counting epochs."""
+
+    def __init__(self, task, rank, world, epoch=0, index=None):
+        self.task, self.rank, self.world = task, rank, world
+        self.n = len(task)
+        if self.n <= rank:
+            raise UserError(f"the task mixture has {self.n} examples, too few for {world} processes: "
+                            f"use fewer processes or more data")
+        self.epoch = epoch
+        self.index = rank if index is None else index
+
+    def next(self):
+        if self.index >= self.n:
+            self.epoch += 1
+            self.index = self.rank
+        i = self.index
+        self.index += self.world
+        return self.epoch, i
+
+
+class MidStream:
+    """Best-fit packing of whole conversations (no crop; leftovers padded with targets -1)."""
+
+    def __init__(self, task, tokenizer, row_len, rank=0, world=1, resume_state=None, buffer_size=100):
+        self.task, self.tokenizer, self.row_len = task, tokenizer, row_len
+        self.rank, self.world = rank, world
+        self.buffer_size = max(1, int(buffer_size))
+        self.packer = BestFitPacker(row_len, crop=False, pad_id=tokenizer.get_bos_token_id())
+        self.cursor = _TaskCursor(task, rank, world)
+        if resume_state is not None:
+            _check_state(resume_state, "mid")
+            if (resume_state.get("rank"), resume_state.get("world")) != (rank, world):
+                warnings.warn("mid data state saved with another process layout: the data stream restarts")
+            else:
+                self.cursor.epoch = int(resume_state["epoch"])
+                self.cursor.index = int(resume_state["index"])
+                for epoch, i in resume_state["pending"]:
+                    self._add(int(epoch), int(i))
+
+    def _add(self, epoch, i):
+        ids, mask = _render(self.tokenizer, self.task[i], self.row_len)
+        if ids is not None:
+            self.packer.add(ids, (epoch, i), mask)
+
+    def _refill(self):
+        guard = 0
+        while len(self.packer) < self.buffer_size:
+            self._add(*self.cursor.next())
+            guard += 1
+            if guard > 10 * self.cursor.n + self.buffer_size and len(self.packer) == 0:
+                raise UserError("no conversation of the task mixture has any assistant token to train on")
+
+    def next_batch(self, B):
+        rows, masks = [], []
+        for _ in range(B):
+            row, mask, _ = self.packer.build_row(self._refill)
+            rows.append(row)
+            masks.append(mask)
+        rows, masks = np.stack(rows), np.stack(masks)
+        inputs = np.ascontiguousarray(rows[:, :-1])
+        targets = np.where(masks[:, 1:] == 1, rows[:, 1:], -1).astype(np.int64)
+        return inputs, targets, self.state()
+
+    def state(self):
+        return {"version": STATE_VERSION, "kind": "mid", "rank": self.rank, "world": self.world,
+                "epoch": self.cursor.epoch, "index": self.cursor.index,
+                "pending": [list(x) for x in self.packer.idents()]}
+
+
+class SFTStream:
+    """One conversation per row, padded to the longest row of the batch."""
+
+    def __init__(self, task, tokenizer, row_len, rank=0, world=1, resume_state=None):
+        self.task, self.tokenizer, self.row_len = task, tokenizer, row_len
+        self.rank, self.world = rank, world
+        self.pad_id = tokenizer.encode_special("<|assistant_end|>")
+        self.cursor = _TaskCursor(task, rank, world)
+        if resume_state is not None:
+            _check_state(resume_state, "sft")
+            if (resume_state.get("rank"), resume_state.get("world")) != (rank, world):
+                warnings.warn("sft data state saved with another process layout: the data stream restarts")
+            else:
+                self.cursor.epoch = int(resume_state["epoch"])
+                self.cursor.index = int(resume_state["index"])
+
+    def next_batch(self, B):
+        rows = []
+        tries = 0
+        while len(rows) < B:
+            _, i = self.cursor.next()
+            ids, mask = _render(self.tokenizer, self.task[i], self.row_len)
+            tries += 1
+            if ids is None:
+                if tries > 10 * self.cursor.n + B:
+                    raise UserError("no conversation of the task mixture has any assistant token to train on")
+                continue
+            rows.append((ids[:-1], _targets(ids, mask)))
+        width = max(len(x) for x, _ in rows)
+        inputs = np.full((B, width), self.pad_id, dtype=np.int64)
+        targets = np.full((B, width), -1, dtype=np.int64)
+        for r, (x, y) in enumerate(rows):
+            inputs[r, :len(x)] = x
+            targets[r, :len(y)] = y
+        return inputs, targets, self.state()
+
+    def state(self):
+        return {"version": STATE_VERSION, "kind": "sft", "rank": self.rank, "world": self.world,
+                "epoch": self.cursor.epoch, "index": self.cursor.index}
+
+
+def rebase_state(states: list, rank: int, world: int) -> dict | None:
+    """A state for `rank` of `world` from the states saved by ANOTHER number of processes.
+
+    Exact continuation is impossible (the row groups are dealt out differently), so the new
+    stream continues after the furthest position any old rank had read (pretraining) / after the
+    lowest example index (chat); the documents that were waiting in the old buffers are skipped.
+    """
+    states = [s for s in states if isinstance(s, dict)]
+    if not states:
+        return None
+    kind = states[0].get("kind")
+    if kind == "pretrain":
+        best = max(states, key=lambda s: (int(s.get("epoch", 0)), tuple(s["last"]) if s.get("last") else (-1, -1)))
+        return {"version": STATE_VERSION, "kind": "pretrain", "split": best.get("split"), "rank": rank,
+                "world": world, "epoch": int(best.get("epoch", 0)), "last": best.get("last"), "rows": 0,
+                "pending": []}
+    if kind in ("mid", "sft"):
+        epoch = min(int(s.get("epoch", 0)) for s in states)
+        m = min(int(s.get("index", 0)) for s in states if int(s.get("epoch", 0)) == epoch)
+        out = {"version": STATE_VERSION, "kind": kind, "rank": rank, "world": world, "epoch": epoch,
+               "index": m + ((rank - m) % world)}
+        if kind == "mid":
+            out["pending"] = []
+        return out
+    return None
+
+
+# ============================================================================ threaded device loader
+
+class DataLoader:
+    """Iterator of (inputs, targets, state) on `device`, produced by `stream.next_batch(B)`.
+
+    A background thread keeps up to `prefetch` CPU batches ready (prefetch=0: produce inline).
+    Errors raised while producing (e.g. a corrupt shard -> UserError) are re-raised by __next__.
+    """
+
+    def __init__(self, stream, B: int, T: int, device="cpu", prefetch: int = 3):
+        if B < 1 or T < 1:
+            raise UserError(f"batch size and sequence length must be positive (got B={B}, T={T})")
+        self.stream, self.B, self.T = stream, B, T
+        self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
+        self._host = self._dev = self._event = None
+        if self._cuda:
+            n = 2 * B * T
+            self._host = torch.empty(n, dtype=torch.int64, pin_memory=True)
+            self._dev = torch.empty(n, dtype=torch.int64, device=self.device)
+        self._thread = None
+        self._stop = threading.Event()
+        self._queue: queue.Queue | None = None
+        if prefetch > 0:
+            self._queue = queue.Queue(maxsize=prefetch)
+            self._thread = threading.Thread(target=_produce, args=(stream, B, self._queue, self._stop),
+                                            name="nanochat-dataloader", daemon=True)
+            self._thread.start()
+
+    def __iter__(self):
+        return self
+
+    def _get(self):
+        if self._queue is None:
+            return self.stream.next_batch(self.B)
+        while True:
+            try:
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                if self._thread is None or not self._thread.is_alive():
+                    raise RuntimeError("data loader thread died") from None
+                continue
+            if isinstance(item, BaseException):
+                self.close()
+                raise item
+            return item
+
+    def __next__(self):
+        inputs, targets, state = self._get()
+        return (*self._to_device(inputs, targets), state)
+
+    def _to_device(self, inputs: np.ndarray, targets: np.ndarray):
+        B, t = inputs.shape
+        if not self._cuda:
+            x, y = torch.from_numpy(inputs), torch.from_numpy(targets)
+            if self.device.type != "cpu":
+                x, y = x.to(self.device), y.to(self.device)
+            return x, y
+        n = B * t
+        if 2 * n > self._host.numel():  # (only an unusually wide SFT batch): grow once
+            self._host = torch.empty(2 * n, dtype=torch.int64, pin_memory=True)
+            self._dev = torch.empty(2 * n, dtype=torch.int64, device=self.device)
+            self._event = None
+        if self._event is not None:
+            self._event.synchronize()  # the previous copy out of the pinned buffer has finished
+        self._host[:n].copy_(torch.from_numpy(inputs).view(-1))
+        self._host[n:2 * n].copy_(torch.from_numpy(targets).view(-1))
+        self._dev[:2 * n].copy_(self._host[:2 * n], non_blocking=True)
+        self._event = torch.cuda.Event()
+        self._event.record()
+        return self._dev[:n].view(B, t), self._dev[n:2 * n].view(B, t)
+
+    def close(self):
+        self._stop.set()
+        if self._queue is not None:
+            try:
+                while True:
+                    self._queue.get_nowait()
+            except queue.Empty:
+                pass
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _produce(stream, B, q: queue.Queue, stop: threading.Event):
+    try:
+        while not stop.is_set():
+            item = stream.next_batch(B)
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+    except BaseException as exc:  # handed to the consumer
+        while not stop.is_set():
+            try:
+                q.put(exc, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+
+# ============================================================================ constructors
+
+def pretrain_loader(tokenizer, B: int, T: int, split: str = "train", device="cpu", rank: int = 0,
+                    world: int = 1, resume_state: dict | None = None, buffer_size: int = 1000,
+                    tokenizer_threads: int = 4, prefetch: int = 3, source=None, encode=None) -> DataLoader:
+    """BOS-aligned best-fit packed pretraining batches of `split` for `rank` of `world`."""
+    stream = PretrainStream(tokenizer, T + 1, split=split, rank=rank, world=world, resume_state=resume_state,
+                            buffer_size=buffer_size, tokenizer_threads=tokenizer_threads, source=source,
+                            encode=encode)
+    return DataLoader(stream, B, T, device=device, prefetch=prefetch)
+
+
+def mid_loader(task, tokenizer, B: int, T: int, device="cpu", rank: int = 0, world: int = 1,
+               resume_state: dict | None = None, buffer_size: int = 100, prefetch: int = 3) -> DataLoader:
+    """Packed conversations (midtraining); targets -1 outside assistant tokens."""
+    stream = MidStream(task, tokenizer, T + 1, rank=rank, world=world, resume_state=resume_state,
+                       buffer_size=buffer_size)
+    return DataLoader(stream, B, T, device=device, prefetch=prefetch)
+
+
+def sft_loader(task, tokenizer, B: int, T: int, device="cpu", rank: int = 0, world: int = 1,
+               resume_state: dict | None = None, prefetch: int = 3) -> DataLoader:
+    """One conversation per row (SFT), padded to the batch's longest row; pad targets -1."""
+    stream = SFTStream(task, tokenizer, T + 1, rank=rank, world=world, resume_state=resume_state)
+    return DataLoader(stream, B, T, device=device, prefetch=prefetch)
+
+
+def sft_batches(task, tokenizer, B: int, T: int, rank: int = 0, world: int = 1, device="cpu",
+                resume_state: dict | None = None) -> Iterator:
+    """Generator form of `sft_loader` (yields (inputs, targets, state))."""
+    yield from sft_loader(task, tokenizer, B, T, device=device, rank=rank, world=world, resume_state=resume_state)
+
+
+def mid_batches(task, tokenizer, B: int, T: int, rank: int = 0, world: int = 1, device="cpu",
+                resume_state: dict | None = None) -> Iterator:
+    """Generator form of `mid_loader`."""
+    yield from mid_loader(task, tokenizer, B, T, device=device, rank=rank, world=world, resume_state=resume_state)

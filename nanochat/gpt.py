@@ -1,0 +1,599 @@
+"""Decoder-only Transformer used by every training stage.
+
+Architecture (all choices made for speed of training at small scale):
+- token embedding (untied from lm_head), RMSNorm right after it;
+- pre-norm blocks: x += attn(norm(x)); x += mlp(norm(x)); norms are parameter-free F.rms_norm;
+- attention: rotary position embeddings, QK-norm, grouped-query attention (n_kv_head | n_head),
+  optional sliding windows per layer ("S" = short window, "L" = full causal) with the last layer
+  always full;
+- MLP: Linear(D, 4D) -> relu(x)^2 -> Linear(4D, D);
+- no biases anywhere; logits soft-capped: 15 * tanh(logits / 15), computed in fp32.
+
+Window semantics: a layer with window w lets the query at position i see keys j with
+i - w < j <= i, i.e. w keys including itself ("L" = unlimited).
+
+Attention back ends:
+- CUDA, no KV cache: full causal -> SDPA(is_causal=True) (flash kernel); sliding window ->
+  FlexAttention with a block mask cached per (T, window, device) so no T x T mask exists.
+- CPU/MPS, no KV cache: SDPA with an explicit boolean band mask (small sizes only).
+- with a KV cache (inference, any device): SDPA over cache[:pos+T] with an explicit
+  causal + window mask offset by pos.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:  # FlexAttention is only used on CUDA; guard so that CPU / older builds still import
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    HAS_FLEX = True
+except Exception:  # pragma: no cover - depends on the torch build
+    create_block_mask = flex_attention = None
+    HAS_FLEX = False
+
+SOFTCAP = 15.0
+ROPE_BASE = 10000.0
+ROTARY_LEN_FACTOR = 10  # rotary tables cover 10x sequence_len so generation can run past it
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class GPTConfig:
+    sequence_len: int
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    n_embd: int
+    window_pattern: str = "L"
+    # None -> default_short_window(sequence_len); kept as None in the config so asdict() round-trips
+    short_window: int | None = None
+
+    def __post_init__(self):
+        for name in ("sequence_len", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"GPTConfig: n_head={self.n_head} is not divisible by n_kv_head={self.n_kv_head} "
+                             f"(grouped-query attention needs whole groups)")
+        if (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"GPTConfig: head_dim={self.n_embd // self.n_head} must be even for rotary embeddings")
+        if not isinstance(self.window_pattern, str) or not self.window_pattern \
+                or set(self.window_pattern) - {"S", "L"}:
+            raise ValueError(f"GPTConfig.window_pattern must be a non-empty string of 'S' (short window) and "
+                             f"'L' (full context) characters, e.g. 'L' or 'SSSL'; got {self.window_pattern!r}")
+        if self.short_window is not None and (not isinstance(self.short_window, int)
+                                              or isinstance(self.short_window, bool) or self.short_window <= 0):
+            raise ValueError(f"GPTConfig.short_window must be a positive integer or None, got {self.short_window!r}")
+
+    @classmethod
+    def from_depth(cls, depth: int, vocab_size: int, sequence_len: int, aspect_ratio: int = 64,
+                   head_dim: int = 128, window_pattern: str = "L") -> "GPTConfig":
+        """depth layers of width depth*aspect_ratio rounded UP to a multiple of head_dim."""
+        if not isinstance(depth, int) or depth <= 0:
+            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        if head_dim <= 0 or aspect_ratio <= 0:
+            raise ValueError(f"aspect_ratio and head_dim must be positive, got {aspect_ratio}, {head_dim}")
+        model_dim = -(-depth * aspect_ratio // head_dim) * head_dim
+        n_head = model_dim // head_dim
+        return cls(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_head=n_head,
+                   n_kv_head=n_head, n_embd=model_dim, window_pattern=window_pattern)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def resolved_short_window(self) -> int:
+        return self.short_window if self.short_window is not None else default_short_window(self.sequence_len)
+
+    def layer_windows(self) -> list[int | None]:
+        """Per-layer attention window (None = full causal): the pattern tiled over the layers,
+        with the final layer forced to full context."""
+        windows = []
+        for i in range(self.n_layer):
+            char = self.window_pattern[i % len(self.window_pattern)]
+            windows.append(self.resolved_short_window if char == "S" else None)
+        windows[-1] = None
+        return windows
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def default_short_window(sequence_len: int) -> int:
+    """Half the context, rounded DOWN to a multiple of 128 (FlexAttention's block size, so the
+    band covers whole blocks) once it is at least 128; plain sequence_len // 2 (>= 1) below that.
+    2048 -> 1024, 1000 -> 384, 300 -> 128, 64 -> 32."""
+    half = sequence_len // 2
+    if half >= 128:
+        return half // 128 * 128
+    return max(1, half)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    """Parameter-free RMSNorm over the last dimension."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def softcap(logits: torch.Tensor) -> torch.Tensor:
+    return SOFTCAP * torch.tanh(logits / SOFTCAP)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H, hd]; cos/sin [T, hd/2]. Rotates the pairs (x[i], x[i + hd/2])."""
+    d = x.size(-1) // 2
+    cos = cos[None, :, None, :].to(x.dtype)
+    sin = sin[None, :, None, :].to(x.dtype)
+    x1, x2 = x[..., :d], x[..., d:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def rotary_tables(length: int, head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [length, head_dim/2] in fp32 (computed in fp32 even if the model is not)."""
+    inv_freq = 1.0 / (ROPE_BASE ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(length, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    return freqs.cos(), freqs.sin()
+
+
+# ----------------------------------------------------------------------------- attention kernels
+
+_BLOCK_MASKS: dict = {}
+_FLEX_COMPILED = None
+
+
+def _sliding_block_mask(T: int, window: int, device):
+    """Cached FlexAttention block mask for causal attention limited to `window` keys."""
+    key = (T, window, str(device))
+    bm = _BLOCK_MASKS.get(key)
+    if bm is None:
+        def band(b, h, q_idx, kv_idx):
+            return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+        bm = create_block_mask(band, None, None, T, T, device=device)
+        _BLOCK_MASKS[key] = bm
+    return bm
+
+
+def _flex(q, k, v, block_mask, enable_gqa):
+    """flex_attention must run compiled to be fast (eager it materialises all the scores). Inside a
+    torch.compile'd model the outer compile fuses it; eager callers get a lazily compiled copy
+    (created outside any trace: creating it while Dynamo traces would not work)."""
+    global _FLEX_COMPILED
+    if torch.compiler.is_compiling():
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+    if _FLEX_COMPILED is None:
+        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
+    return _FLEX_COMPILED(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
+def band_mask(Tq: int, Tk: int, q_offset: int, window: int | None, device) -> torch.Tensor:
+    """Boolean [Tq, Tk] mask, True = may attend. Query i sits at absolute position q_offset + i,
+    key j at position j: allowed iff j <= q_offset + i and (q_offset + i) - j < window."""
+    qpos = torch.arange(q_offset, q_offset + Tq, device=device)[:, None]
+    kpos = torch.arange(Tk, device=device)[None, :]
+    mask = kpos <= qpos
+    if window is not None:
+        mask = mask & (qpos - kpos < window)
+    return mask
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None,
+              q_offset: int = 0, impl: str | None = None) -> torch.Tensor:
+    """Causal (optionally windowed) attention.
+
+    q [B, H, Tq, hd]; k, v [B, Hkv, Tk, hd] with Hkv | H (query head h uses kv head h // (H/Hkv)).
+    Query i is at absolute position q_offset + i; keys are at positions 0..Tk-1.
+    impl: None = choose by device; "sdpa_mask" or "flex" force a back end (tests).
+    """
+    Tq, Tk = q.size(2), k.size(2)
+    gqa = q.size(1) != k.size(1)
+    extra = {"enable_gqa": True} if gqa else {}
+    full = window is None or window >= q_offset + Tq  # the window never cuts anything off
+    if q_offset == 0 and Tq == Tk:
+        # training / no-cache path
+        if impl is None:
+            if full:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, **extra)
+            impl = "flex" if (q.device.type == "cuda" and HAS_FLEX) else "sdpa_mask"
+        if impl == "flex":
+            bm = _sliding_block_mask(Tq, window if window is not None else Tq, q.device)
+            return _flex(q, k, v, bm, gqa)
+    # explicit mask: KV-cache inference, CPU windows, forced sdpa_mask
+    if Tq == 1 and full:
+        return F.scaled_dot_product_attention(q, k, v, **extra)  # one query sees every cached key
+    mask = band_mask(Tq, Tk, q_offset, window, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **extra)
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+class KVCache:
+    """Per-layer keys/values for incremental decoding.
+
+    k, v: [n_layer, B, n_kv_head, max_len, head_dim] (allocated on first use with the dtype of
+    the keys the model produces, so bf16 autocast gives a bf16 cache); `pos` = number of positions
+    already stored. GPT.forward writes the new keys at [pos, pos+T) in every layer and then
+    advances pos by T.
+    """
+
+    def __init__(self, batch_size: int, max_len: int, n_layer: int, n_kv_head: int, head_dim: int,
+                 device=None, dtype: torch.dtype | None = None):
+        self.batch_size, self.max_len = batch_size, max_len
+        self.n_layer, self.n_kv_head, self.head_dim = n_layer, n_kv_head, head_dim
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.pos = 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        if dtype is not None:
+            self._allocate(dtype)
+
+    def _allocate(self, dtype):
+        shape = (self.n_layer, self.batch_size, self.n_kv_head, self.max_len, self.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
+
+    def reset(self):
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, Hkv, T, hd] at [pos, pos+T) of `layer`; return that layer's [0, pos+T)."""
+        B, _, T, _ = k.shape
+        if B != self.batch_size:
+            raise ValueError(f"KV cache holds batch size {self.batch_size}, got a batch of {B}")
+        end = self.pos + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len={self.max_len}")
+        if self.k is None:
+            self._allocate(k.dtype)
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, T: int):
+        self.pos += T
+
+    def expand(self, n: int) -> "KVCache":
+        """A new cache of batch n whose every row is this (batch-1) cache's prefill."""
+        if self.batch_size != 1:
+            raise ValueError(f"expand() needs a batch-1 cache, this one has batch {self.batch_size}")
+        new = KVCache(n, self.max_len, self.n_layer, self.n_kv_head, self.head_dim, self.device)
+        new.pos = self.pos
+        if self.k is not None:
+            new.k = self.k.expand(-1, n, -1, -1, -1).clone()
+            new.v = self.v.expand(-1, n, -1, -1, -1).clone()
+        return new
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int, window: int | None):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.window = window
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        D = config.n_embd
+        self.c_q = nn.Linear(D, self.n_head * self.head_dim, bias=False)
+        self.c_k = nn.Linear(D, self.n_kv_head * self.head_dim, bias=False)
+        self.c_v = nn.Linear(D, self.n_kv_head * self.head_dim, bias=False)
+        self.c_proj = nn.Linear(D, D, bias=False)
+
+    def forward(self, x, cos, sin, kv_cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        # QK-norm after rotary. With a parameter-free RMSNorm over the whole head the order does not
+        # matter (rotary is an orthogonal map, so it preserves the RMS); norming bounds the logits.
+        q = norm(apply_rotary(q, cos, sin))
+        k = norm(apply_rotary(k, cos, sin))
+        # autocast may leave the norm's output in fp32 while v is bf16: attention needs one dtype
+        q, k = q.to(v.dtype), k.to(v.dtype)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
+        if kv_cache is None:
+            y = attention(q, k, v, window=self.window)
+        else:
+            pos = kv_cache.pos
+            k_all, v_all = kv_cache.update(self.layer_idx, k, v)
+            y = attention(q, k_all.to(q.dtype), v_all.to(q.dtype), window=self.window, q_offset=pos)
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.c_proj(F.relu(self.c_fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int, window: int | None):
+        super().__init__()
+        self.attn = CausalSelfAttention(config, layer_idx, window)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, kv_cache=None):
+        x = x + self.attn(norm(x), cos, sin, kv_cache)
+        x = x + self.mlp(norm(x))
+        return x
+
+
+# ----------------------------------------------------------------------------- chunked loss
+
+
+class _ChunkedSoftcapCE(torch.autograd.Function):
+    """Cross-entropy of softcap(x @ W^T) without materialising all logits at once.
+
+    Forward walks the rows in chunks; for each chunk it computes the fp32 soft-capped logits, the
+    loss, and immediately the gradient w.r.t. the raw logits (softmax - onehot, times the tanh
+    derivative), which it turns into that chunk's grad_x rows and adds into grad_W. The logits of
+    a chunk are then dropped, so peak memory is one chunk of [rows, vocab], and nothing is
+    recomputed in backward (which only scales the stored grads by grad_output).
+    Only for a scalar loss ("sum" or "mean" over non-ignored targets).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk_rows: int, mean: bool):
+        dev = x.device.type
+        # match what autocast would do for the lm_head matmul: compute dtype of the matmuls
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
+        with torch.autocast(dev, enabled=False):
+            N = x.size(0)
+            w = weight.to(cdt)
+            valid_all = targets != -1
+            loss = torch.zeros((), dtype=torch.float32, device=x.device)
+            grad_x = torch.empty_like(x)
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            for s in range(0, N, chunk_rows):
+                xc = x[s:s + chunk_rows].to(cdt)
+                tc = targets[s:s + chunk_rows]
+                valid = valid_all[s:s + chunk_rows]
+                safe_t = tc.clamp(min=0).unsqueeze(1)
+                th = torch.tanh((xc @ w.t()).float() / SOFTCAP)          # [rows, V]
+                logits = th * SOFTCAP
+                lse = torch.logsumexp(logits, dim=1)
+                picked = logits.gather(1, safe_t).squeeze(1)
+                loss = loss + ((lse - picked) * valid).sum()
+                # d loss / d raw logits = (softmax - onehot) * (1 - tanh^2), zero for ignored rows
+                probs = torch.exp(logits - lse.unsqueeze(1))
+                probs.scatter_add_(1, safe_t, torch.full_like(picked, -1.0).unsqueeze(1))
+                dz = (probs * (1.0 - th * th) * valid.unsqueeze(1).to(probs.dtype)).to(cdt)
+                grad_x[s:s + chunk_rows] = (dz @ w).to(x.dtype)
+                grad_w += (dz.t() @ xc).float()
+            if mean:
+                scale = 1.0 / valid_all.sum().to(torch.float32)
+            else:
+                scale = torch.ones((), dtype=torch.float32, device=x.device)
+            loss = loss * scale
+        ctx.save_for_backward(grad_x, grad_w, scale)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_w, scale = ctx.saved_tensors
+        g = grad_out.float() * scale
+        return (grad_x * g.to(grad_x.dtype), (grad_w * g).to(ctx.weight_dtype), None, None, None)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        # rows of the flattened [B*T, D] final activations per loss chunk (see _loss)
+        self.loss_chunk_rows = 8192
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config, i, w) for i, w in enumerate(config.layer_windows()))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.rotary_len = ROTARY_LEN_FACTOR * config.sequence_len
+        cos, sin = rotary_tables(self.rotary_len, config.head_dim, device=self.wte.weight.device)
+        # non-persistent: derived data, never in checkpoints (and rebuilt after to_empty())
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        if self.wte.weight.device.type != "meta":
+            self.init_weights()
+
+    # -- initialisation
+
+    @torch.no_grad()
+    def init_weights(self):
+        """Embedding N(0, 1) (it is RMS-normed right away); lm_head N(0, 0.001) so the first logits are
+        ~uniform; q/k/v/fc uniform with std 1/sqrt(fan_in) (unit-variance outputs for unit-RMS inputs);
+        both output projections zero so every block starts as the identity."""
+        D = self.config.n_embd
+        nn.init.normal_(self.wte.weight, mean=0.0, std=1.0)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.001)
+        bound = math.sqrt(3.0 / D)
+        for block in self.blocks:
+            for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                nn.init.uniform_(lin.weight, -bound, bound)
+            nn.init.zeros_(block.attn.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+        self._init_rotary()
+
+    def _init_rotary(self):
+        device = self.wte.weight.device
+        cos, sin = rotary_tables(self.rotary_len, self.config.head_dim, device=device)
+        self.cos, self.sin = cos, sin
+
+    def to_empty(self, *, device, recurse: bool = True):
+        """meta -> real device: parameters stay uninitialised (load a state dict or call
+        init_weights()), but the rotary tables are derived data, so rebuild them here."""
+        super().to_empty(device=device, recurse=recurse)
+        self._init_rotary()
+        return self
+
+    # -- accounting
+
+    def num_params(self) -> dict:
+        emb = self.wte.weight.numel()
+        head = self.lm_head.weight.numel()
+        matrices = sum(p.numel() for p in self.blocks.parameters() if p.dim() == 2)
+        scalars = sum(p.numel() for p in self.parameters() if p.dim() < 2)
+        total = sum(p.numel() for p in self.parameters())
+        return {"total": total, "embedding": emb, "lm_head": head, "transformer_matrices": matrices,
+                "scalars": scalars, "matmul": matrices + head}
+
+    def estimate_flops(self) -> float:
+        """Training FLOPs per token: 6 * (matmul params incl. lm_head, excl. embedding) + per layer
+        12 * n_head * head_dim * effective context (min(window, sequence_len)); see performance.md §8."""
+        cfg = self.config
+        n = self.num_params()["matmul"]
+        attn = 0
+        for w in cfg.layer_windows():
+            ctx = cfg.sequence_len if w is None else min(w, cfg.sequence_len)
+            attn += 12 * cfg.n_head * cfg.head_dim * ctx
+        return float(6 * n + attn)
+
+    # -- optimizers
+
+    def setup_optimizers(self, unembedding_lr: float = 0.004, embedding_lr: float = 0.2, matrix_lr: float = 0.02,
+                         weight_decay: float = 0.0, scalar_lr: float = 0.5, adam_betas=(0.8, 0.95)):
+        """[AdamW(lm_head, wte, scalars), Muon(block matrices)]; distributed variants when
+        torch.distributed is initialised (then do NOT wrap the model in DDP: they average grads).
+
+        AdamW learning rates are scaled by (n_embd/768)^-0.5 (tuned at width 768); Muon's lr is not
+        (its updates are already normalised per matrix). weight_decay applies to Muon only.
+        """
+        from nanochat.optim import DistAdamW, DistMuon, Muon
+        scale = (self.config.n_embd / 768) ** -0.5
+        matrix_params = [p for p in self.blocks.parameters() if p.dim() == 2]
+        block_scalars = [p for p in self.blocks.parameters() if p.dim() < 2]
+        adam_groups = [
+            dict(params=[self.lm_head.weight], lr=unembedding_lr * scale),
+            dict(params=[self.wte.weight], lr=embedding_lr * scale),
+        ]
+        if block_scalars:
+            adam_groups.append(dict(params=block_scalars, lr=scalar_lr * scale))
+        n_assigned = len(matrix_params) + sum(len(g["params"]) for g in adam_groups)
+        assert n_assigned == len(list(self.parameters())), "a parameter is missing from the optimizers"
+        adam_kwargs = dict(betas=tuple(adam_betas), eps=1e-10, weight_decay=0.0)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            adamw = DistAdamW(adam_groups, **adam_kwargs)
+            muon = DistMuon(matrix_params, lr=matrix_lr, momentum=0.95, weight_decay=weight_decay)
+        else:
+            fused = self.lm_head.weight.device.type == "cuda"
+            adamw = torch.optim.AdamW(adam_groups, fused=fused, **adam_kwargs)
+            muon = Muon(matrix_params, lr=matrix_lr, momentum=0.95, weight_decay=weight_decay)
+        optimizers = [adamw, muon]
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["initial_lr"] = group["lr"]
+        return optimizers
+
+    # -- forward
+
+    def make_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        if max_len > self.rotary_len:
+            raise ValueError(f"max_len={max_len} exceeds the rotary tables ({self.rotary_len} positions)")
+        cfg = self.config
+        return KVCache(batch_size, max_len, cfg.n_layer, cfg.n_kv_head, cfg.head_dim,
+                       device=self.wte.weight.device, dtype=dtype)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                loss_reduction: str = "mean"):
+        """idx [B, T] int64. targets [B, T] (-1 = ignore) -> loss: scalar for "mean"/"sum", [B, T] for
+        "none". No targets -> float32 soft-capped logits [B, T, vocab]. With kv_cache the T tokens
+        continue the cached sequence (positions pos..pos+T-1) and kv_cache.pos advances by T."""
+        B, T = idx.shape
+        pos = 0 if kv_cache is None else kv_cache.pos
+        if pos + T > self.rotary_len:
+            raise ValueError(f"position {pos + T} is past the rotary tables ({self.rotary_len} positions)")
+        cos, sin = self.cos[pos:pos + T], self.sin[pos:pos + T]
+        x = norm(self.wte(idx))
+        for block in self.blocks:
+            x = block(x, cos, sin, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = norm(x)
+        if targets is None:
+            return softcap(self.lm_head(x).float())
+        return self._loss(x, targets, loss_reduction)
+
+    def _loss(self, x: torch.Tensor, targets: torch.Tensor, reduction: str):
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"loss_reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        B, T, D = x.shape
+        xf, tf = x.reshape(B * T, D), targets.reshape(B * T)
+        N, chunk = B * T, self.loss_chunk_rows
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.lm_head.weight.requires_grad)
+        if N <= chunk or (needs_grad and reduction == "none"):
+            # simple path: all logits at once (small batches; per-token losses with grad)
+            logits = softcap(self.lm_head(xf).float())
+            loss = F.cross_entropy(logits, tf, ignore_index=-1, reduction=reduction)
+            return loss.view(B, T) if reduction == "none" else loss
+        if needs_grad:
+            return _ChunkedSoftcapCE.apply(xf, self.lm_head.weight, tf, chunk, reduction == "mean")
+        # no grad (evaluation): chunk the rows, keep only the per-token losses
+        losses = []
+        for s in range(0, N, chunk):
+            logits = softcap(self.lm_head(xf[s:s + chunk]).float())
+            losses.append(F.cross_entropy(logits, tf[s:s + chunk], ignore_index=-1, reduction="none"))
+        per_token = torch.cat(losses)
+        if reduction == "none":
+            return per_token.view(B, T)
+        if reduction == "sum":
+            return per_token.sum()
+        return per_token.sum() / (tf != -1).sum()
+
+    # -- sampling
+
+    @torch.no_grad()
+    def generate(self, tokens: list[int], max_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int = 42):
+        """Yield up to max_tokens sampled token ids continuing `tokens` (batch 1, KV cache).
+        temperature 0 = greedy; top_k keeps the k most likely tokens before sampling."""
+        if not tokens:
+            raise ValueError("generate() needs at least one prompt token")
+        if max_tokens <= 0:
+            return
+        device = self.wte.weight.device
+        rng = torch.Generator(device=device)
+        rng.manual_seed(seed)
+        cache = self.make_kv_cache(1, len(tokens) + max_tokens)
+        ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
+        logits = self.forward(ids, kv_cache=cache)[:, -1, :]
+        for i in range(max_tokens):
+            nxt = sample_next_token(logits, rng, temperature, top_k)   # [1, 1]
+            yield int(nxt.item())
+            if i + 1 < max_tokens:
+                logits = self.forward(nxt, kv_cache=cache)[:, -1, :]
+
+
+def sample_next_token(logits: torch.Tensor, rng: torch.Generator | None = None, temperature: float = 1.0,
+                      top_k: int | None = None) -> torch.Tensor:
+    """logits [B, V] -> token ids [B, 1]."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float()
+    if top_k is not None and top_k < logits.size(-1):
+        vals, idx = torch.topk(logits, top_k, dim=-1)
+        probs = F.softmax(vals / temperature, dim=-1)
+        choice = torch.multinomial(probs, 1, generator=rng)
+        return idx.gather(-1, choice)
+    probs = F.softmax(logits / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=rng)

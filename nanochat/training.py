@@ -1,0 +1,785 @@
+"""The training loop shared by base_train, mid_train and chat_sft.
+
+What lives here (each script only builds its model, data and evaluations, then calls `train`):
+
+- argument groups (`add_run_args`, `add_lr_args`) and flag validation helpers;
+- `semantic_config(args)`: the flags that DEFINE a run (everything except execution settings such as
+  device batch size, device type, logging/eval/save cadence, tags); a checkpoint can only be
+  resumed by a run with the same semantic config;
+- `init_run`: process group, device, autocast, wandb;
+- resume policy (`resolve_resume`): `--resume-from-step N` loads exactly step N (refusing an
+  incompatible one); `--resume=auto` (default) continues from the newest COMPATIBLE complete step
+  and, when there is none, says so in one line and starts over; `--resume=fresh` always starts
+  over. Starting over clears the output directory of the old run's checkpoints (the tag directory
+  is this run's output slot; leaving them would mix two runs' steps). Resuming restores model,
+  per-rank optimizer shards, RNG, the data loader states and the loop history, so a resumed run
+  logs exactly the losses of the uninterrupted one (same process count, deterministic kernels);
+- `train`: gradient accumulation with one host sync per optimizer step, LR/momentum schedules,
+  per-step logging (loss, lr multiplier, dt, tok/s, MFU, ETA), eval/hook cadence, checkpoints
+  (every --save-every and at the end), gc management;
+- `finish_report`: the report section + loss curve + --record-output.
+
+Step convention: checkpoint `s` holds the model after s optimizer steps; evaluations at step s
+measure that model; the loop runs s = start..N and trains between them.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from nanochat import checkpoint_manager as ckm
+from nanochat.common import (UserError, atomic_write_text, compute_cleanup, compute_init, device_name,
+                             get_peak_flops, print0)
+
+# flags that never change what is trained (excluded from semantic_config)
+EXECUTION_KEYS = frozenset({
+    "run", "device_type", "dtype", "compile", "device_batch_size", "save_every", "keep_last", "eval_every",
+    "eval_tokens", "eval_steps", "eval_metrics_every", "eval_metrics_max_problems", "core_metric_every",
+    "core_metric_max_per_task", "sample_every", "model_tag", "resume", "resume_from_step", "record_output",
+    "dry_run", "log_every",
+})
+
+
+# ============================================================================ arguments
+
+def add_run_args(parser: argparse.ArgumentParser, compile_default: str = "auto") -> None:
+    g = parser.add_argument_group("run / execution")
+    g.add_argument("--run", default="dummy", help="wandb run name ('dummy' = no wandb)")
+    g.add_argument("--device-type", default="", help="cuda|cpu|mps (empty = autodetect)")
+    g.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                   help="autocast dtype (auto: bfloat16 on cuda, float32 elsewhere)")
+    g.add_argument("--compile", default=compile_default, choices=["auto", "on", "off"],
+                   help="torch.compile the model (auto: on for cuda, off otherwise)")
+    g.add_argument("--seed", type=int, default=42, help="random seed (semantic)")
+    g.add_argument("--resume", default="auto", choices=["auto", "fresh"],
+                   help="auto: continue from the newest compatible checkpoint, else start over; "
+                        "fresh: start over (clears this tag's checkpoints)")
+    g.add_argument("--resume-from-step", type=int, default=-1, help="resume exactly from this step (-1 = see --resume)")
+    g.add_argument("--save-every", type=int, default=-1, help="checkpoint every N steps (-1 = only at the end)")
+    g.add_argument("--keep-last", type=int, default=0, help="keep only the newest K checkpoints (0 = keep all)")
+    g.add_argument("--record-output", default="", help="write the final step number to this file")
+
+
+def add_lr_args(parser: argparse.ArgumentParser, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02,
+                weight_decay=0.0, scalar_lr: float | None = 0.5) -> None:
+    g = parser.add_argument_group("optimizer")
+    g.add_argument("--embedding-lr", type=float, default=embedding_lr, help="AdamW lr of the token embedding")
+    g.add_argument("--unembedding-lr", type=float, default=unembedding_lr, help="AdamW lr of lm_head")
+    g.add_argument("--matrix-lr", type=float, default=matrix_lr, help="Muon lr of the block matrices")
+    g.add_argument("--weight-decay", type=float, default=weight_decay, help="Muon weight decay")
+    if scalar_lr is not None:
+        g.add_argument("--scalar-lr", type=float, default=scalar_lr, help="AdamW lr of scalar parameters")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """argparse errors exit 2 with usage; we make them one line like every UserError."""
+    def error(message):
+        raise UserError(f"{message} (see --help)")
+    parser.error = error  # type: ignore[assignment]
+    return parser.parse_args(argv)
+
+
+def require(cond: bool, message: str) -> None:
+    if not cond:
+        raise UserError(message)
+
+
+def check_positive(args, *names, allow_minus_one=()):
+    for n in names:
+        v = getattr(args, n)
+        if n in allow_minus_one and v == -1:
+            continue
+        if v is None or v <= 0:
+            extra = " (or -1)" if n in allow_minus_one else ""
+            raise UserError(f"--{n.replace('_', '-')}={v} must be positive{extra}")
+
+
+def check_nonnegative(args, *names):
+    for n in names:
+        v = getattr(args, n)
+        if v is None or v < 0 or (isinstance(v, float) and not math.isfinite(v)):
+            raise UserError(f"--{n.replace('_', '-')}={v} must be >= 0")
+
+
+def check_common(args) -> None:
+    """Validation shared by all training scripts (cheap; before anything is loaded)."""
+    check_nonnegative(args, "keep_last")
+    for n in ("save_every",):
+        v = getattr(args, n)
+        if v == 0 or v < -1:
+            raise UserError(f"--{n.replace('_', '-')}={v} must be a positive number of steps or -1 (off)")
+    if args.resume_from_step < -1:
+        raise UserError(f"--resume-from-step={args.resume_from_step} must be a step >= 0 (or -1)")
+    lrs = [n for n in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "weight_decay") if hasattr(args, n)]
+    check_nonnegative(args, *lrs)
+
+
+def semantic_config(args, extra: dict | None = None, drop=()) -> dict:
+    out = {k: v for k, v in sorted(vars(args).items()) if k not in EXECUTION_KEYS and k not in drop}
+    if extra:
+        out.update(extra)
+    return json.loads(json.dumps(out, default=str))
+
+
+def grad_accum_steps(total_batch: int, device_batch: int, seq_len: int, world: int,
+                     total_flag="--total-batch-size", unit="tokens") -> int:
+    """total_batch / (device_batch * seq_len * world), or a UserError naming valid values."""
+    per = device_batch * seq_len * world
+    if total_batch % per == 0:
+        return total_batch // per
+    lower = total_batch // per * per
+    upper = lower + per
+    options = f"{total_flag}={upper}" if lower == 0 else f"{total_flag}={lower} or {upper}"
+    alt = [b for b in range(device_batch, 0, -1) if total_batch % (b * seq_len * world) == 0]
+    alt_s = f", or --device-batch-size={alt[0]}" if alt else ""
+    shape = f"{device_batch} x {seq_len} x {world}" if seq_len != 1 else f"{device_batch} x {world}"
+    raise UserError(f"{total_flag}={total_batch} is not a multiple of one micro-step "
+                    f"(device_batch_size x {'max_seq_len x ' if seq_len != 1 else ''}processes = {shape} = "
+                    f"{per} {unit}): use {options}{alt_s}")
+
+
+# ============================================================================ run context
+
+@dataclass
+class RunContext:
+    args: argparse.Namespace
+    is_ddp: bool
+    rank: int
+    local_rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype
+    compile: bool
+    t_start: float
+    wandb: object = None
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def synchronize(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def peak_memory_gib(self) -> float | None:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2 ** 30
+        return None
+
+
+class _NoWandb:
+    def log(self, *a, **k):
+        pass
+
+    def finish(self):
+        pass
+
+
+def init_run(args, project: str = "nanochat") -> RunContext:
+    t_start = time.time()
+    is_ddp, rank, local_rank, world, device = compute_init(args.device_type, args.seed)
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    use_compile = args.compile == "on" or (args.compile == "auto" and device.type == "cuda")
+    ctx = RunContext(args, is_ddp, rank, local_rank, world, device, dtype, use_compile, t_start)
+    ctx.wandb = _NoWandb()
+    if args.run != "dummy" and rank == 0:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            print0(f"wandb is not installed: --run={args.run} is logged to stdout only")
+        else:
+            ctx.wandb = wandb.init(project=project, name=args.run, config=vars(args))
+    print0(f"device: {device_name(device)} x {world} process(es) | autocast: {str(dtype).replace('torch.', '')} "
+           f"| compile: {'on' if use_compile else 'off'}")
+    return ctx
+
+
+def set_seeds(seed: int):
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _rng_state() -> dict:
+    st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    if not st:
+        return
+    if "torch" in st:
+        torch.set_rng_state(st["torch"].cpu())
+    if "python" in st:
+        random.setstate((3, tuple(int(x) for x in st["python"]), None))
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state(st["cuda"].cpu())
+
+
+def maybe_compile(ctx: RunContext, model, dynamic: bool | None = False):
+    if not ctx.compile:
+        return model
+    return torch.compile(model, dynamic=dynamic)
+
+
+def apply_schedules(optimizers, lrm: float, momentum: float | None = None) -> None:
+    from nanochat.optim import DistMuon, Muon
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+            if momentum is not None and isinstance(opt, (Muon, DistMuon)):
+                group["momentum"] = momentum
+
+
+def scale_initial_lr(optimizers, frac: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] = group["initial_lr"] * frac
+
+
+# ============================================================================ resume
+
+@dataclass
+class Resumed:
+    step: int
+    model_state: dict
+    optim: dict | None
+    meta: dict
+
+
+def _broadcast(obj):
+    if dist.is_available() and dist.is_initialized():
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+def _barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _decide_resume(args, ckpt_dir: Path, semantic: dict) -> tuple[int | None, list[str], list[int]]:
+    """(step to resume or None, messages to print, steps to delete). Pure file inspection (rank 0)."""
+    msgs: list[str] = []
+    complete = ckm.complete_steps(ckpt_dir)
+    everything = ckm.all_steps(ckpt_dir)
+    if args.resume_from_step >= 0:
+        step = ckm.resolve_step(ckpt_dir, args.resume_from_step)
+        meta = ckm.read_meta(ckpt_dir, step)
+        diff = ckm.config_differences(meta.get("semantic_config", {}), semantic)
+        if diff:
+            raise UserError(f"cannot resume step {step} of {ckpt_dir}: it was made with other settings "
+                            f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}): use the same flags, "
+                            f"or --resume=fresh to start over")
+        msgs.append(f"resuming from step {step} of {ckpt_dir} (--resume-from-step)")
+        return step, msgs, []
+    if args.resume == "fresh":
+        if everything:
+            msgs.append(f"--resume=fresh: removing {len(everything)} existing checkpoint step(s) from {ckpt_dir}")
+        return None, msgs, everything
+    # auto
+    first_diff = None
+    for step in reversed(complete):
+        try:
+            meta = ckm.read_meta(ckpt_dir, step)
+        except UserError as exc:
+            msgs.append(f"warning: ignoring checkpoint step {step}: {exc}")
+            continue
+        diff = ckm.config_differences(meta.get("semantic_config", {}), semantic)
+        if not diff:
+            stale = [s for s in everything if s > step or (s in complete and s != step and
+                     ckm.config_differences(_meta_or_empty(ckpt_dir, s).get("semantic_config", {}), semantic))]
+            msgs.append(f"resuming from step {step} of {ckpt_dir}")
+            if stale:
+                msgs.append(f"removing {len(stale)} checkpoint step(s) of another run from {ckpt_dir}")
+            return step, msgs, stale
+        first_diff = first_diff or diff
+    if everything:
+        why = f" ({'; '.join(first_diff[:2])})" if first_diff else " (none complete)"
+        msgs.append(f"warning: checkpoints in {ckpt_dir} do not match this configuration{why}: starting over "
+                    f"and removing them")
+    return None, msgs, everything
+
+
+def _meta_or_empty(ckpt_dir, step) -> dict:
+    try:
+        return ckm.read_meta(ckpt_dir, step)
+    except UserError:
+        return {}
+
+
+def resolve_resume(ctx: RunContext, ckpt_dir: Path, semantic: dict) -> Resumed | None:
+    """Apply the resume policy (see module doc). Every rank must call it."""
+    decision = None
+    if ctx.master:
+        try:
+            step, msgs, doomed = _decide_resume(ctx.args, Path(ckpt_dir), semantic)
+            for m in msgs:
+                print0(m)
+            for s in doomed:
+                ckm.delete_step(ckpt_dir, s)
+            ckm.remove_temp_files(ckpt_dir)
+            decision = ("ok", step)
+        except UserError as exc:
+            decision = ("error", str(exc))
+    decision = _broadcast(decision)
+    _barrier()
+    if decision[0] == "error":
+        raise UserError(decision[1])
+    step = decision[1]
+    if step is None:
+        return None
+    model_state, optim, meta = ckm.load_checkpoint(ckpt_dir, step, ctx.device, load_optimizer=False, rank=ctx.rank)
+    saved_world = int(meta.get("world_size", ctx.world))
+    if saved_world == ctx.world:
+        _, optim, _ = ckm.load_checkpoint(ckpt_dir, step, "cpu", load_optimizer=True, rank=ctx.rank)
+    else:
+        print0(f"warning: step {step} was saved by {saved_world} process(es), this run has {ctx.world}: the "
+               f"(sharded) optimizer state restarts and the data stream continues after the furthest position read")
+    return Resumed(step, model_state, optim, meta)
+
+
+def restore_optimizers(optimizers, resumed: Resumed | None, device) -> None:
+    if resumed is None or resumed.optim is None:
+        return
+    states = resumed.optim.get("optimizers")
+    if not isinstance(states, list) or len(states) != len(optimizers):
+        raise UserError("checkpoint optimizer state does not match this optimizer setup: --resume=fresh")
+    for opt, st in zip(optimizers, states):
+        try:
+            opt.load_state_dict(st)
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise UserError(f"checkpoint optimizer state does not fit ({str(exc).splitlines()[0][:120]}): "
+                            f"start over with --resume=fresh") from None
+    _set_rng_state(resumed.optim.get("rng", {}))
+
+
+def loader_resume_state(resumed: Resumed | None, rank: int, world: int) -> dict | None:
+    """This rank's data loader state from a checkpoint (rebased when the process count changed)."""
+    if resumed is None:
+        return None
+    states = resumed.meta.get("dataloader_state")
+    if not states:
+        return None
+    if len(states) == world:
+        return states[rank]
+    from nanochat.dataloader import rebase_state
+    return rebase_state(states, rank, world)
+
+
+# ============================================================================ the loop
+
+@dataclass
+class TrainSpec:
+    stage: str                              # "base" | "mid" | "sft" (checkpoint source)
+    model: torch.nn.Module                  # what runs forward (maybe compiled)
+    orig_model: torch.nn.Module             # its uncompiled module (state_dict, generation)
+    optimizers: list
+    train_loader: object                    # iterator of (x, y, state)
+    num_iterations: int
+    grad_accum_steps: int
+    lr_multiplier: Callable[[int], float]
+    ckpt_dir: Path
+    meta: dict                              # model_config, user_config, semantic_config, ...
+    flops_per_token: float = 0.0
+    momentum: Callable[[int], float] | None = None
+    evaluate: Callable[[int], dict] | None = None     # -> metrics dict (e.g. {"val_bpb": ...})
+    eval_every: int = -1
+    hooks: list = field(default_factory=list)          # [(every, fn(step, ctx) -> dict|None)]
+    save_every: int = -1
+    keep_last: int = 0
+    dry_run: bool = False
+    resumed: Resumed | None = None
+    log_every: int = 1
+    wandb_prefix: str = ""
+
+
+@dataclass
+class TrainResult:
+    final_step: int
+    train_losses: list                      # [[step, loss], ...] (step = optimizer steps done)
+    evals: list                             # [[step, {metrics}], ...]
+    last_eval: dict
+    total_time: float                       # seconds spent in training steps (all segments)
+    mean_tok_per_sec: float
+    mean_mfu: float
+    tokens_trained: int
+    time_to_first_step: float | None
+    peak_memory_gib: float | None
+    extras: dict
+
+
+def _due(step: int, every: int, last: bool) -> bool:
+    return last or (every > 0 and step % every == 0)
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.2f}h"
+
+
+def train(ctx: RunContext, spec: TrainSpec) -> TrainResult:
+    model, optimizers = spec.model, spec.optimizers
+    N = spec.num_iterations
+    loop = dict((spec.resumed.meta.get("loop_state") or {}) if spec.resumed else {})
+    start = spec.resumed.step if spec.resumed else 0
+    train_losses = [list(x) for x in loop.get("train_losses", []) if x[0] <= start]
+    evals = [list(x) for x in loop.get("evals", []) if x[0] <= start]
+    total_time = float(loop.get("total_time", 0.0))
+    tokens_trained = int(loop.get("tokens_trained", 0))
+    extras: dict = dict(loop.get("extras", {}))
+    last_eval: dict = dict(evals[-1][1]) if evals else {}
+    loader_state = None
+    peak = get_peak_flops(device_name(ctx.device))
+    dts: list[float] = []
+    mfus: list[float] = []
+    tps: list[float] = []
+    time_to_first = None
+    step = start
+    if start > N:
+        print0(f"warning: resumed step {start} is past --num-iterations={N}: nothing to train")
+    gc_frozen = False
+    try:
+        while True:
+            last = step >= N
+            fresh_here = not (spec.resumed is not None and step == start)
+            # ---------------- evaluation & hooks (on the model after `step` steps)
+            if spec.evaluate is not None and _due(step, spec.eval_every, last) and \
+                    (fresh_here or not any(e[0] == step for e in evals)):
+                t0 = time.time()
+                metrics = spec.evaluate(step)
+                if metrics:
+                    evals.append([step, metrics])
+                    last_eval = dict(metrics)
+                    print0(f"step {step:05d} | " + " | ".join(f"{k} {_fmt_metric(v)}" for k, v in metrics.items())
+                           + f" | eval {time.time() - t0:.1f}s")
+                    ctx.wandb.log({"step": step, **{f"{spec.wandb_prefix}{k}": v for k, v in metrics.items()}})
+            for every, fn in spec.hooks:
+                if _due(step, every, last) and every > 0 and fresh_here:
+                    out = fn(step)
+                    if out:
+                        extras.update(out)
+                        ctx.wandb.log({"step": step, **{k: v for k, v in out.items() if isinstance(v, (int, float))}})
+            # ---------------- checkpoint
+            if not spec.dry_run and fresh_here and (last or (spec.save_every > 0 and step % spec.save_every == 0 and step > 0)):
+                save(ctx, spec, step, loader_state, {
+                    "train_losses": train_losses, "evals": evals, "total_time": total_time,
+                    "tokens_trained": tokens_trained, "extras": extras}, last_eval)
+            if last:
+                break
+            # ---------------- one optimizer step
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float32)
+            ntok = 0
+            for _ in range(spec.grad_accum_steps):
+                x, y, loader_state = next(spec.train_loader)
+                with ctx.autocast():
+                    loss = model(x, y)
+                loss_sum += loss.detach().float()
+                (loss / spec.grad_accum_steps).backward()
+                ntok += x.numel()
+            lrm = spec.lr_multiplier(step)
+            apply_schedules(optimizers, lrm, spec.momentum(step) if spec.momentum else None)
+            for opt in optimizers:
+                opt.step()
+            model.zero_grad(set_to_none=True)
+            loss_t = loss_sum / spec.grad_accum_steps
+            if ctx.is_ddp:
+                both = torch.stack([loss_t, torch.tensor(float(ntok), device=ctx.device)])
+                dist.all_reduce(both, op=dist.ReduceOp.SUM)
+                loss_t, ntok_global = both[0] / ctx.world, int(both[1].item())
+            else:
+                ntok_global = ntok
+            train_loss = loss_t.item()  # the one host sync of this step
+            dt = time.perf_counter() - t0
+            step += 1
+            if not math.isfinite(train_loss):
+                raise UserError(f"training diverged at step {step} (loss {train_loss}): lower the learning rates "
+                                f"or check the data; the last good checkpoint is kept in {spec.ckpt_dir}")
+            total_time += dt
+            tokens_trained += ntok_global
+            train_losses.append([step, train_loss])
+            tok_per_sec = ntok_global / dt
+            mfu = 100.0 * spec.flops_per_token * ntok_global / dt / (ctx.world * peak)
+            if step - start > 1 or N - start <= 1:  # the first step includes compilation: keep it out
+                dts.append(dt)
+                tps.append(tok_per_sec)
+                mfus.append(mfu)
+            if time_to_first is None:
+                time_to_first = time.time() - ctx.t_start
+                print0(f"time to first step: {time_to_first:.1f}s")
+                gc.collect()
+                gc.freeze()
+                gc.disable()
+                gc_frozen = True
+            elif step % 5000 == 0:
+                gc.collect()
+            if step % spec.log_every == 0 or step == N:
+                recent = dts[-50:] if dts else [dt]
+                eta = sum(recent) / len(recent) * (N - step)
+                print0(f"step {step:05d}/{N:05d} ({100 * step / max(N, 1):5.1f}%) | loss {train_loss:.6f} | "
+                       f"lrm {lrm:.3f} | dt {dt * 1000:.1f}ms | tok/s {tok_per_sec:,.0f} | mfu {mfu:.2f}% | "
+                       f"eta {_fmt_time(eta)} | total {_fmt_time(total_time)}")
+                ctx.wandb.log({"step": step, "train/loss": train_loss, "train/lrm": lrm, "train/dt": dt,
+                               "train/tok_per_sec": tok_per_sec, "train/mfu": mfu})
+    finally:
+        if gc_frozen:
+            gc.enable()
+            gc.unfreeze()
+    mean = (lambda xs: sum(xs) / len(xs) if xs else 0.0)
+    return TrainResult(final_step=step, train_losses=train_losses, evals=evals, last_eval=last_eval,
+                       total_time=total_time, mean_tok_per_sec=mean(tps), mean_mfu=mean(mfus),
+                       tokens_trained=tokens_trained, time_to_first_step=time_to_first,
+                       peak_memory_gib=ctx.peak_memory_gib(), extras=extras)
+
+
+def _fmt_metric(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6f}" if abs(v) < 100 else f"{v:,.1f}"
+    return str(v)
+
+
+def save(ctx: RunContext, spec: TrainSpec, step: int, loader_state, loop_state: dict, last_eval: dict) -> None:
+    """Checkpoint `step` (every rank calls this)."""
+    t0 = time.time()
+    states = [loader_state]
+    if ctx.is_ddp:
+        states = [None] * ctx.world
+        dist.all_gather_object(states, loader_state)
+    if spec.resumed is not None and all(s is None for s in states):
+        # nothing consumed since the resume point (e.g. N == resumed step): keep the old states
+        states = spec.resumed.meta.get("dataloader_state") or states
+    meta = dict(spec.meta)
+    meta.update({
+        "stage": spec.stage, "world_size": ctx.world, "num_iterations": spec.num_iterations,
+        "dataloader_state": states, "loop_state": loop_state, **{k: v for k, v in last_eval.items()},
+    })
+    optim = {"optimizers": [o.state_dict() for o in spec.optimizers], "rng": _rng_state()}
+    ckm.save_checkpoint(spec.ckpt_dir, step, spec.orig_model.state_dict(), optim, meta, ctx.rank)
+    if ctx.master and spec.keep_last > 0:
+        ckm.prune_checkpoints(spec.ckpt_dir, spec.keep_last, protect=(step,))
+    print0(f"saved checkpoint step {step} to {spec.ckpt_dir} ({time.time() - t0:.1f}s)")
+
+
+# ============================================================================ reporting
+
+def record_output(ctx: RunContext, path: str, step: int) -> None:
+    if path and ctx.master:
+        atomic_write_text(path, f"{step}\n")
+
+
+def finish_report(ctx: RunContext, section: str, curve: str, result: TrainResult, config: dict,
+                  summary: dict, extra_lines: list[str] | None = None) -> None:
+    """Write the report section + loss curve (rank 0)."""
+    if not ctx.master:
+        return
+    from nanochat.report import Report
+    rep = Report()
+    xs = [s for s, _ in result.train_losses]
+    ys = [l for _, l in result.train_losses]
+    rep.save_curve(curve, xs, ys, title=f"{section}: training loss")
+    data = [config, summary] + list(extra_lines or [])
+    if xs:
+        data.append(f"Loss curve: ![{curve}]({curve}.svg)")
+    rep.log(section, data)
+
+
+def summary_metrics(ctx: RunContext, result: TrainResult) -> dict:
+    out = {
+        "Final step": result.final_step,
+        "Final train loss": result.train_losses[-1][1] if result.train_losses else float("nan"),
+        "Tokens trained": result.tokens_trained,
+        "Training time": _fmt_time(result.total_time),
+        "Mean tok/s": result.mean_tok_per_sec,
+        "Mean MFU %": result.mean_mfu,
+        "Processes": ctx.world,
+        "Device": device_name(ctx.device),
+    }
+    if result.time_to_first_step is not None:
+        out["Time to first step (s)"] = round(result.time_to_first_step, 1)
+    if result.peak_memory_gib is not None:
+        out["Peak memory (GiB)"] = round(result.peak_memory_gib, 2)
+    return out
+
+
+def cleanup(ctx: RunContext) -> None:
+    try:
+        ctx.wandb.finish()
+    except Exception:
+        pass
+    compute_cleanup()
+
+
+def model_meta(model, args, semantic: dict, tokenizer, **extra) -> dict:
+    cfg = model.config
+    return {"model_config": dataclasses.asdict(cfg), "user_config": json.loads(json.dumps(vars(args), default=str)),
+            "semantic_config": semantic, "tokenizer_vocab_size": tokenizer.get_vocab_size(), **extra}
+
+
+def upstream_fingerprint(source: str, tag: str, step: int, meta: dict) -> dict:
+    """Identifies the checkpoint a mid/sft run starts from (part of its semantic config)."""
+    import hashlib
+    blob = json.dumps({"semantic": meta.get("semantic_config"), "model": meta.get("model_config")},
+                      sort_keys=True, default=str)
+    return {"source": source, "tag": tag, "step": step, "config_sha": hashlib.sha256(blob.encode()).hexdigest()[:16]}
+
+
+# ============================================================================ fine-tuning stages (mid, sft)
+
+@dataclass
+class Finetune:
+    model: torch.nn.Module
+    model_c: torch.nn.Module
+    tokenizer: object
+    optimizers: list
+    upstream: dict          # fingerprint of the checkpoint we start from
+    upstream_meta: dict
+    tag: str
+    ckpt_dir: Path
+    semantic: dict
+    resumed: Resumed | None
+    seq_len: int
+
+
+def prepare_finetune(ctx: RunContext, args, source: str, out_stage: str, compile_dynamic: bool | None = False) -> Finetune:
+    """Load the upstream checkpoint (source dir + tag + step), apply the resume policy for the
+    output dir `out_stage`/<tag>, build the optimizers (lr scaled by --init-lr-frac) and restore
+    their state when resuming. Shared by mid_train and chat_sft."""
+    tag = args.model_tag or ckm.find_model_tag(source)
+    src_dir = ckm.checkpoint_dir(source, tag)
+    step = ckm.resolve_step(src_dir, args.model_step if args.model_step >= 0 else None)
+    set_seeds(args.seed)
+    model, tokenizer, up_meta = ckm.build_model(src_dir, step, ctx.device, phase="train")
+    upstream = upstream_fingerprint(source, tag, step, up_meta)
+    print0(f"starting from {source} checkpoint {tag} step {step} ({src_dir})")
+    if getattr(args, "max_seq_len", -1) > 0:
+        seq_len = args.max_seq_len
+    else:  # the row length the upstream stage trained with (else the model's context)
+        seq_len = int(up_meta.get("max_seq_len") or model.config.sequence_len)
+    semantic = semantic_config(args, {"upstream": upstream, "vocab_size": tokenizer.get_vocab_size(),
+                                      "max_seq_len": seq_len}, drop=("model_step", "source"))
+    ckpt_dir = ckm.checkpoint_dir(out_stage, tag)
+    resumed = resolve_resume(ctx, ckpt_dir, semantic)
+    if resumed is not None:
+        if resumed.meta.get("model_config") != dataclasses.asdict(model.config):
+            raise UserError(f"checkpoint step {resumed.step} in {ckpt_dir} has another model shape: --resume=fresh")
+        model.load_state_dict(resumed.model_state, strict=True)
+        resumed.model_state = None
+    optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
+                                        matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
+    scale_initial_lr(optimizers, args.init_lr_frac)
+    restore_optimizers(optimizers, resumed, ctx.device)
+    model_c = maybe_compile(ctx, model, dynamic=compile_dynamic)
+    return Finetune(model, model_c, tokenizer, optimizers, upstream, up_meta, tag, ckpt_dir, semantic, resumed, seq_len)
+
+
+def load_mixture(stage: str, split: str, max_examples: int | None = None):
+    """nanochat.tasks.build_mixture(stage, split, max_examples); unavailability -> UserError."""
+    try:
+        from nanochat.tasks import build_mixture
+    except ImportError:
+        from nanochat.tasks.mixture import build_mixture
+    try:
+        return build_mixture(stage, split, max_examples=max_examples)
+    except Exception as exc:
+        if type(exc).__name__ == "TaskUnavailable":
+            raise UserError(f"no data for the {stage} {split} mixture ({exc}): see README 'Offline data'") from None
+        raise
+
+
+@torch.no_grad()
+def categorical_accuracy(ctx: RunContext, model, tokenizer, task, max_problems: int = -1, batch_size: int = 8) -> float:
+    """Multiple-choice accuracy: the answer letter with the highest logit after the prompt.
+
+    Problems are dealt out over ranks and the counts all-reduced. `model` must accept variable
+    shapes (pass the uncompiled module)."""
+    n = len(task) if max_problems is None or max_problems < 0 else min(len(task), max_problems)
+    was_training = model.training
+    model.eval()
+    letter_cache: dict = {}
+    correct = total = 0
+    mine = list(range(ctx.rank, n, ctx.world))
+    for s in range(0, len(mine), batch_size):
+        rows, choices, answers = [], [], []
+        for i in mine[s:s + batch_size]:
+            conv = task[i]
+            letters = conv.get("letters")
+            if not letters:
+                continue
+            ids = tokenizer.render_for_completion(conv)
+            ids = ids[-model.config.sequence_len:]
+            for letter in letters:
+                if letter not in letter_cache:
+                    letter_cache[letter] = tokenizer.encode(letter)[0]
+            rows.append(ids)
+            choices.append([letter_cache[l] for l in letters])
+            answers.append(_answer_letter(conv, letters))
+        if not rows:
+            continue
+        width = max(len(r) for r in rows)
+        x = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, ids in enumerate(rows):
+            x[r, :len(ids)] = torch.tensor(ids)
+        with ctx.autocast():
+            logits = model(x.to(ctx.device))
+        for r, ids in enumerate(rows):
+            last = logits[r, len(ids) - 1]
+            pick = int(torch.argmax(last[torch.tensor(choices[r], device=last.device)]).item())
+            correct += int(answers[r] == pick)
+            total += 1
+    counts = torch.tensor([correct, total], dtype=torch.float64, device=ctx.device if ctx.device.type != "mps" else "cpu")
+    if ctx.is_ddp:
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+    if was_training:
+        model.train()
+    return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
+
+
+def _answer_letter(conv, letters) -> int:
+    for msg in reversed(conv["messages"]):
+        if msg["role"] == "assistant":
+            content = msg["content"]
+            text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+            text = text.strip()
+            return letters.index(text) if text in letters else -1
+    return -1
+
+
+def env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default

@@ -1,0 +1,35 @@
+# nanochat itself, as a Python package built from this repository (pyproject.toml, setuptools).
+# The test suite is not run here: it is checks.<system>.tests (nix/checks.nix), on CPU.
+{ lib
+, buildPythonPackage
+, setuptools
+, torch
+, tiktoken
+, rustbpe
+, pyarrow
+, numpy
+, regex
+, datasets
+}:
+
+let
+  project = (builtins.fromTOML (builtins.readFile ../pyproject.toml)).project;
+in
+buildPythonPackage {
+  pname = project.name;
+  inherit (project) version;
+  pyproject = true;
+
+  src = import ./source.nix;
+
+  build-system = [ setuptools ];
+  dependencies = [ torch tiktoken rustbpe pyarrow numpy regex datasets ];
+
+  doCheck = false;
+  pythonImportsCheck = [ "nanochat" ];
+
+  meta = {
+    inherit (project) description;
+    license = lib.licenses.mit;
+  };
+}

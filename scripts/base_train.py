@@ -1,0 +1,261 @@
+"""Pretrain the base model on the packed parquet corpus.
+
+    python -m scripts.base_train --depth=4 --max-seq-len=256 --device-batch-size=16 --total-batch-size=4096
+    torchrun --standalone --nproc_per_node=8 -m scripts.base_train -- --depth=20
+
+Training horizon (first that applies): --num-iterations > 0; else --target-flops > 0 (divided by
+FLOPs/token x tokens/step); else --target-param-data-ratio x the model's TOTAL parameter count
+(embeddings included, as in the original d20 speedrun) tokens, divided by --total-batch-size.
+
+Checkpoints go to base_checkpoints/<model-tag>/ (tag default d<depth>), every --save-every steps
+and at the end; --resume=auto (default) continues a compatible run (see nanochat.training).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import torch
+
+from nanochat.common import UserError, dist_env, print0, run_main
+from nanochat import training as tr
+
+SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
+                  "If yesterday was Friday, then tomorrow will be", "The opposite of hot is"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Pretrain the base model")
+    tr.add_run_args(p)
+    g = p.add_argument_group("model")
+    g.add_argument("--depth", type=int, default=20, help="number of transformer layers")
+    g.add_argument("--aspect-ratio", type=int, default=64, help="model_dim = depth * aspect_ratio (rounded up to head_dim)")
+    g.add_argument("--head-dim", type=int, default=128, help="attention head dimension")
+    g.add_argument("--max-seq-len", type=int, default=2048, help="context length in tokens")
+    g.add_argument("--window-pattern", default="SSSL", help="per-layer attention windows: S=short, L=long (last layer always L)")
+    g = p.add_argument_group("horizon")
+    g.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = from the targets below)")
+    g.add_argument("--target-flops", type=float, default=-1.0, help="total training FLOPs (-1 = off)")
+    g.add_argument("--target-param-data-ratio", type=float, default=20.0, help="tokens per parameter (-1 = off)")
+    g = p.add_argument_group("batch")
+    g.add_argument("--device-batch-size", type=int, default=32, help="rows per micro-step per process")
+    g.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step (all processes)")
+    tr.add_lr_args(p, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, weight_decay=0.0, scalar_lr=0.5)
+    g = p.add_argument_group("schedule")
+    g.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps of linear LR warmup")
+    g.add_argument("--warmdown-ratio", type=float, default=0.2, help="fraction of steps of linear LR warmdown")
+    g.add_argument("--final-lr-frac", type=float, default=0.0, help="LR multiplier reached at the last step")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-every", type=int, default=250, help="val bits-per-byte every N steps (-1 = only at the end)")
+    g.add_argument("--eval-tokens", type=int, default=20 * 524288, help="tokens per val evaluation")
+    g.add_argument("--core-metric-every", type=int, default=-1, help="CORE metric every N steps (-1 = off)")
+    g.add_argument("--core-metric-max-per-task", type=int, default=500, help="examples per CORE task (-1 = all)")
+    g.add_argument("--sample-every", type=int, default=2000, help="print greedy samples every N steps (-1 = off)")
+    g = p.add_argument_group("output")
+    g.add_argument("--model-tag", default="", help="checkpoint directory name (default d<depth>)")
+    return p
+
+
+def validate(args) -> None:
+    tr.check_common(args)
+    tr.check_positive(args, "depth", "aspect_ratio", "head_dim", "max_seq_len", "device_batch_size",
+                      "total_batch_size", "eval_tokens")
+    pat = args.window_pattern
+    if not pat or set(pat) - {"S", "L"}:
+        bad = sorted(set(pat) - {"S", "L"}) if pat else []
+        raise UserError(f"--window-pattern={pat!r} has unknown character(s) {' '.join(bad) or '(empty)'}: use only "
+                        f"S (short window) and L (full context), e.g. SSSL")
+    if args.num_iterations < -1:
+        raise UserError(f"--num-iterations={args.num_iterations} must be >= 0 (or -1 = from the targets)")
+    for n in ("target_flops", "target_param_data_ratio"):
+        v = getattr(args, n)
+        if v != -1 and v <= 0:
+            raise UserError(f"--{n.replace('_', '-')}={v} must be positive or -1 (off)")
+    if args.num_iterations == -1 and args.target_flops <= 0 and args.target_param_data_ratio <= 0:
+        raise UserError("no training horizon: set --num-iterations, --target-flops or --target-param-data-ratio")
+    for n in ("warmup_ratio", "warmdown_ratio", "final_lr_frac"):
+        v = getattr(args, n)
+        if not 0.0 <= v <= 1.0:
+            raise UserError(f"--{n.replace('_', '-')}={v} must be between 0 and 1")
+    if args.warmup_ratio + args.warmdown_ratio > 1.0:
+        raise UserError(f"--warmup-ratio + --warmdown-ratio = {args.warmup_ratio + args.warmdown_ratio} exceeds 1")
+    for n in ("eval_every", "core_metric_every", "sample_every"):
+        v = getattr(args, n)
+        if v == 0 or v < -1:
+            raise UserError(f"--{n.replace('_', '-')}={v} must be a positive number of steps or -1 (off)")
+    if args.core_metric_max_per_task == 0 or args.core_metric_max_per_task < -1:
+        raise UserError("--core-metric-max-per-task must be positive or -1 (all)")
+    # the batch arithmetic can be checked before anything is loaded (world from torchrun's env)
+    world = dist_env()[3]
+    tr.grad_accum_steps(args.total_batch_size, args.device_batch_size, args.max_seq_len, world)
+
+
+def horizon(args, flops_per_token: float, num_params: int) -> tuple[int, str]:
+    if args.num_iterations >= 0:
+        return args.num_iterations, "--num-iterations"
+    if args.target_flops > 0:
+        n = round(args.target_flops / (flops_per_token * args.total_batch_size))
+        return max(1, n), f"--target-flops={args.target_flops:.3g}"
+    tokens = args.target_param_data_ratio * num_params
+    return max(1, int(tokens // args.total_batch_size)), f"--target-param-data-ratio={args.target_param_data_ratio:g}"
+
+
+def core_metric_hook(ctx, model, tokenizer, max_per_task):
+    state = {"missing": False}
+
+    def hook(step):
+        if state["missing"]:
+            return None
+        try:
+            from nanochat.core_eval import evaluate_core  # written by the evaluation module
+        except (ImportError, AttributeError) as exc:
+            state["missing"] = True
+            print0(f"CORE metric skipped: nanochat.core_eval.evaluate_core is not available ({exc})")
+            return None
+        model.eval()
+        with ctx.autocast():
+            res = evaluate_core(model, tokenizer, ctx.device, max_per_task=max_per_task)
+        model.train()
+        core = res.get("CORE", res.get("core_metric")) if isinstance(res, dict) else res
+        print0(f"step {step:05d} | CORE {core}")
+        return {"CORE": core} if core is not None else None
+    return hook
+
+
+def sample_hook(ctx, model, tokenizer, max_tokens=16):
+    def hook(step):
+        if ctx.master:
+            model.eval()
+            bos = tokenizer.get_bos_token_id()
+            for prompt in SAMPLE_PROMPTS:
+                ids = tokenizer.encode(prompt, prepend=bos)
+                with ctx.autocast():
+                    out = list(model.generate(ids, max_tokens=max_tokens, temperature=0.0))
+                print0(f"sample | {prompt!r} -> {tokenizer.decode(out)!r}")
+            model.train()
+        return None
+    return hook
+
+
+def main(argv=None) -> None:
+    args = tr.parse_args(build_parser(), argv)
+    validate(args)
+    ctx = tr.init_run(args, project="nanochat")
+    try:
+        run(ctx, args)
+    finally:
+        tr.cleanup(ctx)
+
+
+def run(ctx, args) -> None:
+    from nanochat import checkpoint_manager as ckm
+    from nanochat.dataloader import pretrain_loader
+    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.loss_eval import evaluate_loss_bpb
+    from nanochat.optim import lr_multiplier, muon_momentum
+    from nanochat.tokenizer import get_token_bytes, get_tokenizer
+
+    tokenizer = get_tokenizer()
+    token_bytes = get_token_bytes(ctx.device)
+    vocab = tokenizer.get_vocab_size()
+    try:
+        config = GPTConfig.from_depth(args.depth, vocab, args.max_seq_len, aspect_ratio=args.aspect_ratio,
+                                      head_dim=args.head_dim, window_pattern=args.window_pattern)
+    except ValueError as exc:
+        raise UserError(f"invalid model shape: {exc}") from None
+    B, T = args.device_batch_size, args.max_seq_len
+    accum = tr.grad_accum_steps(args.total_batch_size, B, T, ctx.world)
+
+    tr.set_seeds(args.seed)
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=ctx.device)
+    model.init_weights()
+    nparams = model.num_params()
+    flops_per_token = model.estimate_flops()
+    N, why = horizon(args, flops_per_token, nparams["total"])
+    total_flops = flops_per_token * args.total_batch_size * N
+
+    tag = args.model_tag or f"d{args.depth}"
+    ckpt_dir = ckm.checkpoint_dir("base", tag)
+    semantic = tr.semantic_config(args, {"vocab_size": vocab})
+    resumed = tr.resolve_resume(ctx, ckpt_dir, semantic)
+    if resumed is not None:
+        if resumed.meta.get("model_config") != dataclasses.asdict(config):
+            raise UserError(f"checkpoint step {resumed.step} in {ckpt_dir} has another model shape: --resume=fresh")
+        model.load_state_dict(resumed.model_state, strict=True)
+        del resumed.model_state
+
+    optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
+                                        matrix_lr=args.matrix_lr, weight_decay=args.weight_decay,
+                                        scalar_lr=args.scalar_lr)
+    tr.restore_optimizers(optimizers, resumed, ctx.device)
+    model_c = tr.maybe_compile(ctx, model)
+
+    print0(f"model: depth {config.n_layer}, dim {config.n_embd}, heads {config.n_head}, windows "
+           f"{config.window_pattern}, vocab {vocab:,}, params {nparams['total']:,} "
+           f"(matmul {nparams['matmul']:,}), FLOPs/token {flops_per_token:.3e}")
+    print0(f"batch: {args.total_batch_size:,} tokens/step = {B} x {T} x {ctx.world} process(es) x {accum} "
+           f"micro-step(s); horizon {N:,} steps ({why}), {args.total_batch_size * N:,} tokens, "
+           f"{total_flops:.3e} FLOPs, tokens:params {args.total_batch_size * N / nparams['total']:.2f}")
+
+    train_loader = pretrain_loader(tokenizer, B, T, "train", ctx.device, ctx.rank, ctx.world,
+                                   resume_state=tr.loader_resume_state(resumed, ctx.rank, ctx.world))
+    eval_steps = max(1, args.eval_tokens // (B * T * ctx.world))
+
+    def evaluate(step):
+        val = pretrain_loader(tokenizer, B, T, "val", ctx.device, ctx.rank, ctx.world, prefetch=2)
+        try:
+            m = evaluate_loss_bpb(model_c, val, eval_steps, token_bytes, ctx.autocast())
+        finally:
+            val.close()
+        return {"val_bpb": m["bpb"], "val_loss": m["loss"]}
+
+    hooks = []
+    if args.core_metric_every > 0:
+        hooks.append((args.core_metric_every, core_metric_hook(ctx, model, tokenizer, args.core_metric_max_per_task)))
+    if args.sample_every > 0:
+        hooks.append((args.sample_every, sample_hook(ctx, model, tokenizer)))
+
+    meta = tr.model_meta(model, args, semantic, tokenizer, model_tag=tag,
+                         total_batch_size=args.total_batch_size, max_seq_len=T)
+    spec = tr.TrainSpec(
+        stage="base", model=model_c, orig_model=model, optimizers=optimizers, train_loader=train_loader,
+        num_iterations=N, grad_accum_steps=accum, ckpt_dir=ckpt_dir, meta=meta, flops_per_token=flops_per_token,
+        lr_multiplier=lambda s: lr_multiplier(s, N, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac),
+        momentum=muon_momentum, evaluate=evaluate, eval_every=args.eval_every, hooks=hooks,
+        save_every=args.save_every, keep_last=args.keep_last, resumed=resumed)
+    t0 = time.time()
+    try:
+        result = tr.train(ctx, spec)
+    finally:
+        train_loader.close()
+    print0(f"training done in {time.time() - t0:.1f}s wall | final val bpb {result.last_eval.get('val_bpb')}")
+    if result.peak_memory_gib is not None:
+        print0(f"peak memory: {result.peak_memory_gib:.2f} GiB")
+
+    vals = [e[1].get("val_bpb") for e in result.evals if e[1].get("val_bpb") is not None]
+    config_rows = {
+        "Model tag": tag, "Depth": config.n_layer, "Model dim": config.n_embd, "Heads": config.n_head,
+        "Window pattern": config.window_pattern, "Sequence length": T, "Vocab size": vocab,
+        "Parameters": nparams["total"], "Parameters (matmul)": nparams["matmul"],
+        "FLOPs per token": f"{flops_per_token:.4e}", "Total batch size": args.total_batch_size,
+        "Device batch size": B, "Grad accumulation steps": accum, "Iterations": N, "Horizon from": why,
+        "Training tokens": args.total_batch_size * N, "Tokens : params": round(args.total_batch_size * N / nparams["total"], 2),
+        "Total training FLOPs": f"{total_flops:.4e}", "Matrix LR": args.matrix_lr, "Embedding LR": args.embedding_lr,
+        "Unembedding LR": args.unembedding_lr, "Scalar LR": args.scalar_lr, "Weight decay": args.weight_decay,
+        "Warmup / warmdown / final LR": f"{args.warmup_ratio} / {args.warmdown_ratio} / {args.final_lr_frac}",
+        "Seed": args.seed,
+    }
+    summary = tr.summary_metrics(ctx, result)
+    summary["Final val bpb"] = result.last_eval.get("val_bpb")
+    summary["Min val bpb"] = min(vals) if vals else None
+    if "CORE" in result.extras:
+        summary["CORE (during training)"] = result.extras["CORE"]
+    tr.finish_report(ctx, "Base model training", "base_loss", result, config_rows, summary)
+    tr.record_output(ctx, args.record_output, result.final_step)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,126 @@
+"""mid_train and chat_sft on CPU with a small fixture mixture (no network, no task downloads)."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from conftest import subprocess_env  # noqa: F401  (keeps the import style of the other tests)
+from test_base_train import TINY, ok, run_script
+from test_dataloader import prepare_base
+
+NAMES = ["the cat", "a dog", "the old man", "my sister", "the teacher", "a small bird", "the king", "our neighbour"]
+THINGS = ["the red ball", "a green house", "the river", "an apple", "the tall tree", "a letter", "the moon", "bread"]
+
+
+def fixture_task(split: str, n: int):
+    from nanochat.tasks.base import ListTask, TaskMixture
+    rng = random.Random(0 if split == "train" else 1)
+    convs = []
+    for _ in range(n):
+        i = rng.randrange(len(THINGS))
+        convs.append({"messages": [
+            {"role": "user", "content": f"Who likes {THINGS[i]}?"},
+            {"role": "assistant", "content": f"{NAMES[i].capitalize()} likes {THINGS[i]}."}]})
+    return TaskMixture([ListTask("Fixture", convs, source="test fixture", split=split)], seed=3)
+
+
+@pytest.fixture
+def chat_base(base_dir, monkeypatch):
+    """A base dir with corpus, tokenizer, a tiny base checkpoint, and build_mixture patched."""
+    prepare_base(base_dir)
+    ok(run_script(base_dir, "scripts.base_train", *TINY, "--num-iterations=20", "--eval-every=-1",
+                  "--model-tag=c"))
+    from nanochat import training
+    calls = []
+
+    def fake_load_mixture(stage, split, max_examples=None):
+        calls.append((stage, split))
+        return fixture_task(split, 200 if split == "train" else 40)
+    monkeypatch.setattr(training, "load_mixture", fake_load_mixture)
+    return base_dir
+
+
+MID = ["--device-type=cpu", "--model-tag=c", "--device-batch-size=4", "--total-batch-size=512",
+       "--max-seq-len=64", "--eval-tokens=1024"]
+SFT = ["--device-type=cpu", "--model-tag=c", "--device-batch-size=4", "--target-examples-per-step=8",
+       "--eval-steps=4", "--eval-metrics-every=-1"]
+
+
+def evals(meta):
+    return {s: m for s, m in meta["loop_state"]["evals"]}
+
+
+def read_meta(base, stage_dir, tag, step):
+    return json.loads((base / stage_dir / tag / f"meta_{step:06d}.json").read_text())
+
+
+def test_mid_then_sft_lower_val_loss(chat_base):
+    from scripts import chat_sft, mid_train
+    base = chat_base
+    rec = base / "mid.step"
+    mid_train.main([*MID, "--num-iterations=12", "--eval-every=-1", "--model-step=20", f"--record-output={rec}"])
+    meta = read_meta(base, "mid_checkpoints", "c", 12)
+    ev = evals(meta)
+    assert ev[12]["val_loss"] < ev[0]["val_loss"] - 0.5, ev
+    assert meta["semantic_config"]["upstream"]["source"] == "base"
+    assert meta["semantic_config"]["upstream"]["step"] == 20
+    assert rec.read_text().strip() == "12"
+    assert (base / "report" / "midtraining.md").exists() and (base / "report" / "mid_loss.svg").exists()
+
+    sft_rec = base / "sft.step"
+    chat_sft.main([*SFT, "--source=mid", "--model-step=12", "--num-iterations=10", "--eval-every=5",
+                   f"--record-output={sft_rec}"])
+    meta = read_meta(base, "chatsft_checkpoints", "c", 10)
+    ev = evals(meta)
+    assert sorted(ev) == [0, 5, 10] and ev[10]["val_loss"] < ev[0]["val_loss"], ev
+    assert meta["semantic_config"]["upstream"]["source"] == "mid"
+    assert sft_rec.read_text().strip() == "10"
+    section = (base / "report" / "chat-sft.md").read_text()
+    assert "Final val loss" in section and (base / "report" / "sft_loss.svg").exists()
+
+
+def test_mid_and_sft_resume_exactly(chat_base):
+    from scripts import chat_sft, mid_train
+    base = chat_base
+    mid_train.main([*MID, "--num-iterations=6", "--eval-every=-1", "--save-every=3"])
+    full = read_meta(base, "mid_checkpoints", "c", 6)["loop_state"]["train_losses"]
+    mid_train.main([*MID, "--num-iterations=6", "--eval-every=-1", "--save-every=3", "--resume-from-step=3"])
+    again = read_meta(base, "mid_checkpoints", "c", 6)["loop_state"]["train_losses"]
+    assert again == full and [s for s, _ in full] == [1, 2, 3, 4, 5, 6]
+
+    chat_sft.main([*SFT, "--source=mid", "--num-iterations=6", "--eval-every=-1", "--save-every=3"])
+    full = read_meta(base, "chatsft_checkpoints", "c", 6)["loop_state"]["train_losses"]
+    (base / "chatsft_checkpoints" / "c" / "meta_000006.json").unlink()  # crash before step 6 completed
+    chat_sft.main([*SFT, "--source=mid", "--num-iterations=6", "--eval-every=-1", "--save-every=3"])
+    again = read_meta(base, "chatsft_checkpoints", "c", 6)["loop_state"]["train_losses"]
+    assert again == full
+
+
+def test_upstream_change_starts_over(chat_base, capsys):
+    from scripts import mid_train
+    base = chat_base
+    mid_train.main([*MID, "--num-iterations=2", "--eval-every=-1"])
+    # a new base checkpoint step appears: mid is now "from another upstream" and must not resume
+    ok(run_script(base, "scripts.base_train", *TINY, "--num-iterations=21", "--eval-every=-1", "--model-tag=c"))
+    capsys.readouterr()
+    mid_train.main([*MID, "--num-iterations=2", "--eval-every=-1"])
+    out = capsys.readouterr().out
+    assert "do not match" in out and "upstream" in out
+    assert read_meta(base, "mid_checkpoints", "c", 2)["semantic_config"]["upstream"]["step"] == 21
+
+
+def test_chat_flag_errors(base_dir, monkeypatch):
+    from nanochat.common import UserError
+    from scripts import chat_sft, mid_train
+    with pytest.raises(UserError, match="target-examples-per-step=10 is not a multiple.*8 or 12"):
+        chat_sft.main(["--device-type=cpu", "--device-batch-size=4", "--target-examples-per-step=10"])
+    with pytest.raises(UserError, match="init-lr-frac"):
+        mid_train.main(["--device-type=cpu", "--init-lr-frac=0"])
+    from nanochat import training
+    monkeypatch.setattr(training, "load_mixture", lambda stage, split, max_examples=None: fixture_task(split, 10))
+    with pytest.raises(UserError, match="no base checkpoints .*make pretrain"):
+        mid_train.main(["--device-type=cpu"])
+    with pytest.raises(UserError, match="no checkpoints in .*mid_checkpoints/x.*make midtrain"):
+        chat_sft.main(["--device-type=cpu", "--model-tag=x"])
