@@ -208,15 +208,18 @@ def load_checkpoint(ckpt_dir, step: int | None, device, load_optimizer: bool = F
     if not isinstance(model_state, dict):
         raise UserError(f"{model_path(ckpt_dir, step)} is not a model state dict: delete it and retrain")
     model_state = {(k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k): v for k, v in model_state.items()}
-    optim = None
-    if load_optimizer:
-        p = optim_path(ckpt_dir, step, rank)
-        if not p.exists():
-            saved = meta.get("world_size", "?")
-            raise UserError(f"no optimizer state for rank {rank} at step {step} in {ckpt_dir} (saved with "
-                            f"{saved} process(es)): resume with the same number of processes or --resume=fresh")
-        optim = safe_torch_load(p, device)
+    optim = load_optimizer_state(ckpt_dir, step, rank, device, meta) if load_optimizer else None
     return model_state, optim, meta
+
+
+def load_optimizer_state(ckpt_dir, step: int, rank: int, device="cpu", meta: dict | None = None):
+    """Rank `rank`'s optimizer shard of a complete step (UserError if missing or unreadable)."""
+    p = optim_path(ckpt_dir, step, rank)
+    if not p.exists():
+        saved = (meta or {}).get("world_size", "?")
+        raise UserError(f"no optimizer state for rank {rank} at step {step} in {ckpt_dir} (saved with "
+                        f"{saved} process(es)): resume with the same number of processes or --resume=fresh")
+    return safe_torch_load(p, device)
 
 
 # ----------------------------------------------------------------------------- models

@@ -11,8 +11,10 @@ Per task type (data rows as described in `nanochat.eval_bundle`):
 Prompt = few-shot examples (fully answered, joined by "\\n") + the item, rendered by plain string
 concatenation: `context + continuation_delimiter + continuation`. Few-shot examples are drawn from
 the same task with a per-item seeded RNG and never include the item itself. Every candidate of one
-item goes through the model in one forward (chunked by `device_batch_size` if given); sequences start
-with BOS and are cropped from the left (after the BOS) to the model's sequence length.
+item goes through the model in the same forward (chunked only if they alone exceed
+`device_batch_size`); consecutive items share a forward up to `tokens_per_forward` padded tokens
+(an eager model's per-forward overhead dominates short items). Sequences start with BOS and are
+cropped from the left (after the BOS) to the model's sequence length; padding is on the right.
 
 Accuracy is centred on the task's random baseline b (percent): (acc - b/100) / (1 - b/100); CORE is
 the mean centred accuracy over the tasks that ran. With fewer than 22 tasks the number is reported as
@@ -30,11 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from nanochat.common import print0
-from nanochat.eval_bundle import LM, MC, N_CORE, SCHEMA, Bundle, CoreTask, TaskData, ensure_bundle, how_to_enable, load_bundle
+from nanochat.eval_bundle import LM, MC, N_CORE, SCHEMA, Bundle, CoreTask, ensure_bundle, how_to_enable, load_bundle
 
 FEWSHOT_SEED = 1234          # few-shot draw for item i uses random.Random(FEWSHOT_SEED + i)
 SUBSAMPLE_SEED = 1337        # --max-per-task: shuffle(range(n)) with this seed, take the first N
 EXAMPLE_SEPARATOR = "\n"     # between few-shot examples (the ICL convention of the official files)
+TOKENS_PER_FORWARD = 8192    # padded tokens per forward when several items share one (logits: x vocab x 4 B)
 
 
 # ----------------------------------------------------------------------------- maths
@@ -62,13 +65,24 @@ def sample_fewshot(n_items: int, idx: int, k: int, seed: int = FEWSHOT_SEED) -> 
     return [p + 1 if p >= idx else p for p in picks]
 
 
+def _ctx(context: str, delimiter: str) -> str:
+    """context + delimiter, without doubling the space when the data already carries one."""
+    if delimiter.startswith(" "):
+        context = context.rstrip(" ")
+    return context + delimiter
+
+
+def _cont(continuation: str, delimiter: str) -> str:
+    return continuation.lstrip(" ") if delimiter.endswith(" ") else continuation
+
+
 def answered_example(task: CoreTask, item: dict) -> str:
     d = task.continuation_delimiter
     if task.task_type == MC:
-        return item["query"] + d + item["choices"][item["gold"]]
+        return _ctx(item["query"], d) + _cont(item["choices"][item["gold"]], d)
     if task.task_type == SCHEMA:
-        return item["context_options"][item["gold"]] + d + item["continuation"]
-    return item["context"] + d + item["continuation"]
+        return _ctx(item["context_options"][item["gold"]], d) + _cont(item["continuation"], d)
+    return _ctx(item["context"], d) + _cont(item["continuation"], d)
 
 
 def render_requests(task: CoreTask, item: dict, shots: list[dict]) -> tuple[list[tuple[str, str]], int | None]:
@@ -76,11 +90,13 @@ def render_requests(task: CoreTask, item: dict, shots: list[dict]) -> tuple[list
     prefix = "".join(answered_example(task, s) + EXAMPLE_SEPARATOR for s in shots)
     d = task.continuation_delimiter
     if task.task_type == MC:
-        return [(prefix + item["query"] + d, c) for c in item["choices"]], int(item["gold"])
+        ctx = prefix + _ctx(item["query"], d)
+        return [(ctx, _cont(c, d)) for c in item["choices"]], int(item["gold"])
     if task.task_type == SCHEMA:
-        return [(prefix + c + d, item["continuation"]) for c in item["context_options"]], int(item["gold"])
+        cont = _cont(item["continuation"], d)
+        return [(prefix + _ctx(c, d), cont) for c in item["context_options"]], int(item["gold"])
     if task.task_type == LM:
-        return [(prefix + item["context"] + d, item["continuation"])], None
+        return [(prefix + _ctx(item["context"], d), _cont(item["continuation"], d))], None
     raise ValueError(f"unknown task type {task.task_type!r}")
 
 
@@ -126,8 +142,10 @@ def _unwrap(model):
     every sequence length)."""
     m = model
     for _ in range(4):
-        inner = getattr(m, "module", None) or getattr(m, "_orig_mod", None)
-        if inner is None:
+        inner = getattr(m, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(m, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
             break
         m = inner
     return m
@@ -146,44 +164,74 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
+def _forward_scores(model, seqs: list[tuple[list[int], int, int]], device: torch.device,
+                    pad_id: int) -> list[tuple[float, bool]]:
+    """One forward over right-padded rows -> [(mean CE of ids[s:e], greedy argmax == ids[s:e])]."""
+    B = len(seqs)
+    T = max(len(ids) for ids, _, _ in seqs)
+    x = torch.full((B, T), pad_id, dtype=torch.long)
+    rows, pos = [], []
+    for r, (ids, s, e) in enumerate(seqs):
+        x[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        rows.extend([r] * max(0, e - s))
+        pos.extend(range(s - 1, e - 1))
+    x = x.to(device)
+    with _autocast(device):
+        logits = model(x)
+    rows_t = torch.tensor(rows, dtype=torch.long, device=device)
+    pos_t = torch.tensor(pos, dtype=torch.long, device=device)
+    lg = logits[rows_t, pos_t].float()                     # [N, V]: only the scored positions
+    tgt = x[rows_t, pos_t + 1]
+    ce = F.cross_entropy(lg, tgt, reduction="none")
+    miss = (lg.argmax(dim=-1) != tgt).float()
+    zeros = torch.zeros(B, dtype=torch.float32, device=device)
+    ce_sum = zeros.index_add(0, rows_t, ce)
+    n_tok = zeros.index_add(0, rows_t, torch.ones_like(ce))
+    n_miss = zeros.index_add(0, rows_t, miss)
+    ce_sum, n_tok, n_miss = ce_sum.tolist(), n_tok.tolist(), n_miss.tolist()
+    out = []
+    for r in range(B):
+        if n_tok[r] == 0:
+            out.append((math.inf, False))
+        else:
+            out.append((ce_sum[r] / n_tok[r], n_miss[r] == 0))
+    return out
+
+
 def score_sequences(model, seqs: list[tuple[list[int], int, int]], device, pad_id: int,
                     batch_size: int | None = None) -> list[tuple[float, bool]]:
-    """-> [(mean cross-entropy of ids[start:end], greedy argmax reproduces ids[start:end])]."""
+    """[(mean cross-entropy of ids[start:end], greedy argmax reproduces ids[start:end])], at most
+    batch_size rows per forward (None: all in one)."""
     device = torch.device(device)
-    out: list[tuple[float, bool]] = []
     bs = len(seqs) if not batch_size or batch_size <= 0 else int(batch_size)
+    out: list[tuple[float, bool]] = []
     for i in range(0, len(seqs), bs):
-        chunk = seqs[i:i + bs]
-        T = max(len(ids) for ids, _, _ in chunk)
-        x = torch.full((len(chunk), T), pad_id, dtype=torch.long)
-        for r, (ids, _, _) in enumerate(chunk):
-            x[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        x = x.to(device)
-        with _autocast(device):
-            logits = model(x)
-        for r, (ids, s, e) in enumerate(chunk):
-            if e <= s:
-                out.append((math.inf, False))
-                continue
-            lg = logits[r, s - 1:e - 1].float()
-            tgt = x[r, s:e]
-            ce = F.cross_entropy(lg, tgt, reduction="mean").item()
-            greedy = bool((lg.argmax(dim=-1) == tgt).all().item())
-            out.append((ce, greedy))
+        out.extend(_forward_scores(model, seqs[i:i + bs], device, pad_id))
     return out
+
+
+def prepare_item(tokenizer, task: CoreTask, items: list[dict], idx: int, max_len: int | None,
+                 bos: int) -> tuple[list[tuple[list[int], int, int]], int | None]:
+    """Few-shot prompt -> the item's candidate sequences (BOS-prefixed, left-cropped) and its gold index."""
+    shots = [items[j] for j in sample_fewshot(len(items), idx, task.num_fewshot)]
+    pairs, gold = render_requests(task, items[idx], shots)
+    seqs = [crop_left(ids, s, e, max_len) for ids, s, e in tokenize_requests(tokenizer, pairs, bos)]
+    return seqs, gold
+
+
+def judge(task: CoreTask, scores: list[tuple[float, bool]], gold: int | None) -> bool:
+    if task.task_type == LM:
+        return scores[0][1]
+    losses = [ce for ce, _ in scores]
+    pred = min(range(len(losses)), key=lambda j: (losses[j], j))    # ties -> first candidate
+    return pred == gold
 
 
 def evaluate_item(model, tokenizer, task: CoreTask, items: list[dict], idx: int, device, max_len: int | None,
                   bos: int, batch_size: int | None = None) -> bool:
-    shots = [items[j] for j in sample_fewshot(len(items), idx, task.num_fewshot)]
-    pairs, gold = render_requests(task, items[idx], shots)
-    seqs = [crop_left(ids, s, e, max_len) for ids, s, e in tokenize_requests(tokenizer, pairs, bos)]
-    scores = score_sequences(model, seqs, device, pad_id=bos, batch_size=batch_size)
-    if task.task_type == LM:
-        return scores[0][1]
-    losses = [ce for ce, _ in scores]
-    pred = min(range(len(losses)), key=lambda j: (losses[j], j))
-    return pred == gold
+    """One item alone: all its candidates in one forward (chunked by batch_size if given)."""
+    seqs, gold = prepare_item(tokenizer, task, items, idx, max_len, bos)
+    return judge(task, score_sequences(model, seqs, device, pad_id=bos, batch_size=batch_size), gold)
 
 
 def item_order(n_items: int, max_per_task: int = -1, seed: int = SUBSAMPLE_SEED) -> list[int]:
@@ -194,6 +242,24 @@ def item_order(n_items: int, max_per_task: int = -1, seed: int = SUBSAMPLE_SEED)
     return order
 
 
+def _pack(prepared, max_rows: int | None, token_budget: int):
+    """Group consecutive items into forwards: an item's candidates always share one forward; a group
+    grows while rows <= max_rows and rows * longest <= token_budget (a lone oversized item still runs)."""
+    group, rows, longest = [], 0, 0
+    for entry in prepared:
+        seqs = entry[1]
+        n, t = len(seqs), max(len(ids) for ids, _, _ in seqs)
+        fits = (max_rows is None or rows + n <= max_rows) and (rows + n) * max(longest, t) <= token_budget
+        if group and not fits:
+            yield group
+            group, rows, longest = [], 0, 0
+        group.append(entry)
+        rows += n
+        longest = max(longest, t)
+    if group:
+        yield group
+
+
 def _dist():
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -202,16 +268,34 @@ def _dist():
 
 
 def evaluate_task(model, tokenizer, task: CoreTask, items: list[dict], device, max_per_task: int = -1,
-                  batch_size: int | None = None, max_len: int | None = None) -> tuple[int, int]:
-    """-> (correct, total) over the (sub-sampled) items, summed over all ranks under DDP."""
+                  batch_size: int | None = None, max_len: int | None = None,
+                  tokens_per_forward: int = TOKENS_PER_FORWARD) -> tuple[int, int]:
+    """-> (correct, total) over the (sub-sampled) items, summed over all ranks under DDP.
+
+    Several consecutive items share a forward (up to `tokens_per_forward` padded tokens, and at most
+    `batch_size` rows when given); the candidates of one item are never split unless they alone
+    exceed `batch_size`.
+    """
     dist = _dist()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+    device = torch.device(device)
     bos = tokenizer.get_bos_token_id()
-    order = item_order(len(items), max_per_task)
+    mine = item_order(len(items), max_per_task)[rank::world]
     correct = 0
-    mine = order[rank::world]
-    for idx in mine:
-        correct += int(evaluate_item(model, tokenizer, task, items, idx, device, max_len, bos, batch_size))
+    block = 256                      # items tokenized ahead of the forwards
+    for b0 in range(0, len(mine), block):
+        prepared = [(idx, *prepare_item(tokenizer, task, items, idx, max_len, bos)) for idx in mine[b0:b0 + block]]
+        for group in _pack(prepared, batch_size, tokens_per_forward):
+            if len(group) == 1:
+                _, seqs, gold = group[0]
+                correct += int(judge(task, score_sequences(model, seqs, device, bos, batch_size), gold))
+                continue
+            flat = [sq for _, seqs, _ in group for sq in seqs]
+            scores = _forward_scores(model, flat, device, bos)
+            k = 0
+            for _, seqs, gold in group:
+                correct += int(judge(task, scores[k:k + len(seqs)], gold))
+                k += len(seqs)
     if dist:
         t = torch.tensor([correct, len(mine)], dtype=torch.long, device=device)
         dist.all_reduce(t)
@@ -254,7 +338,8 @@ def coverage_note(n_ran: int, bundle: Bundle, max_per_task: int, any_subset: boo
 
 
 def evaluate_core(model, tokenizer, device, max_per_task: int = -1, device_batch_size: int | None = None,
-                  bundle: Bundle | str | Path | None = None, log=print0) -> dict:
+                  bundle: Bundle | str | Path | None = None, log=print0,
+                  tokens_per_forward: int = TOKENS_PER_FORWARD) -> dict:
     """Evaluate every CORE task the available data covers.
 
     Returns {"CORE": float | None, "centered": {label: float}, "results": {label: {...}},
@@ -279,7 +364,7 @@ def evaluate_core(model, tokenizer, device, max_per_task: int = -1, device_batch
             t0 = time.time()
             items = td.read_items()
             correct, total = evaluate_task(net, tokenizer, td.task, items, device, max_per_task,
-                                           device_batch_size, max_len)
+                                           device_batch_size, max_len, tokens_per_forward)
             acc = correct / total if total else 0.0
             c = centered(acc, td.task.random_baseline)
             cent[label] = c

@@ -11,7 +11,7 @@ under that index so it sorts last), so it never changes, and never becomes train
 later run asks for more shards. `-n 8` therefore leaves 9 files: shard_00000..00007 + shard_01822.
 Shards already present are kept; `-n` only ever adds.
 
-Sources (`python -m nanochat.dataset -n N [--source URL|DIR|embedded] [--workers K]`)
+Sources (`python -m nanochat.dataset -n N [--source auto|URL|DIR|embedded] [--workers K]`)
 - URL (default NANOCHAT_DATA_URL, else the FineWeb-Edu-100B shuffle on Hugging Face, remote names
   shard_{i:05d}.parquet): several shards in parallel, retries with exponential backoff, each
   written to a temp file in base_data and renamed only once complete and readable by pyarrow.
@@ -24,11 +24,12 @@ Sources (`python -m nanochat.dataset -n N [--source URL|DIR|embedded] [--workers
   packages), cut into training shards of ~2 MB of text plus a ~1 MB validation shard, rows in
   groups of 64 documents so that even this small corpus has many row groups for DDP; `-n` caps
   the number of training shards (the corpus fills 9).
-- Automatic fallback: when no --source is given (default or NANOCHAT_DATA_URL) and the first
-  probe of the URL cannot connect within 10 s, the embedded corpus is built instead. An explicit
-  `--source URL` that cannot be reached is an error, not a fallback. A directory already filled
-  from one source is reused when no --source is given; asking explicitly for another source is an
-  error that says to delete the directory first (sources are never mixed).
+- auto (the default): the URL source (NANOCHAT_DATA_URL, else FineWeb-Edu) with automatic
+  fallback: if the first probe of the URL cannot connect within 10 s, the embedded corpus is
+  built instead. An explicit `--source URL` that cannot be reached is an error, not a fallback.
+  With auto, a directory already filled from the embedded corpus or a DIR is reused as it is;
+  asking explicitly for a different source is an error that says to delete base_data first
+  (sources are never mixed in one directory).
 
 Reading: `parquets_iter_batched(split, start, step, resume)` yields one row group at a time;
 rank r of W passes start=r, step=W and gets row groups r, r+W, ... of the split's ordered
@@ -38,12 +39,12 @@ files of that split in order; `resume=position` continues right after it.
 from __future__ import annotations
 
 import argparse
+import errno
 import http.client
 import os
 import random
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -122,9 +123,9 @@ def check_shard(path: Path):
     try:
         pf = pq.ParquetFile(path)
     except FileNotFoundError:
-        raise ShardError("missing") from None
+        raise ShardError("is missing") from None
     except Exception as exc:
-        raise ShardError(f"not a readable parquet file ({type(exc).__name__}: {_short(exc)})") from None
+        raise ShardError(f"is not a readable parquet file ({type(exc).__name__}: {_short(exc)})") from None
     if "text" not in pf.schema_arrow.names:
         raise ShardError(f"has no `text` column (columns: {', '.join(pf.schema_arrow.names) or 'none'})")
     if pf.metadata.num_rows == 0 or pf.num_row_groups == 0:
@@ -176,10 +177,6 @@ def parquets_iter_batched(split: str, start: int = 0, step: int = 1, resume=None
 
 class DownloadError(Exception):
     pass
-
-
-class _Permanent(Exception):
-    """An HTTP answer that retrying will not change (404, 403...)."""
 
 
 def _fetch_to(url: str, fd: int, timeout: float) -> int:
@@ -243,6 +240,8 @@ def download_shard(url: str, dest: Path, retries: int = 5, backoff: float = 2.0,
         except ShardError as exc:
             last = f"downloaded file {exc}"
         except (urllib.error.URLError, http.client.HTTPException, OSError, DownloadError) as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise   # disk full: retrying cannot help; run_main reports it
             reason = getattr(exc, "reason", None) if isinstance(exc, urllib.error.URLError) else None
             last = _short(reason if reason is not None else exc) or type(exc).__name__
         finally:
@@ -518,7 +517,7 @@ def _download_url(url: str, data_dir: Path, n: int, explicit: bool, workers: int
 def prepare(n: int | None = None, source: str | None = None, workers: int = 4, data_dir: Path | None = None,
             retries: int = 5, backoff: float = 2.0, probe_timeout: float = PROBE_TIMEOUT_S,
             timeout: float = READ_TIMEOUT_S, log=print) -> dict:
-    """Fill base_data from `source` (None = NANOCHAT_DATA_URL / the default URL, with fallback).
+    """Fill base_data from `source` (None or "auto" = NANOCHAT_DATA_URL / the default URL, with fallback).
 
     Returns {"kind": "url"|"dir"|"embedded", "train_shards": int, ...}.
     """
@@ -526,6 +525,8 @@ def prepare(n: int | None = None, source: str | None = None, workers: int = 4, d
         raise UserError(f"-n {n}: need at least one training shard")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
+    if source == "auto":
+        source = None
     explicit = source is not None
     if source is None:
         kind, location = "url", os.environ.get("NANOCHAT_DATA_URL") or DEFAULT_DATA_URL
@@ -567,9 +568,9 @@ def main() -> None:
     parser.add_argument("-n", "--num-shards", type=int, default=None,
                         help="training shards wanted (+1 validation shard); default 8 for a URL, all for "
                              "embedded / a directory")
-    parser.add_argument("--source", default=None,
-                        help="http(s) base URL, a local directory of parquet files, or 'embedded' "
-                             "(default: $NANOCHAT_DATA_URL or FineWeb-Edu on Hugging Face, falling back to "
+    parser.add_argument("--source", default="auto",
+                        help="http(s) base URL, a local directory of parquet files, 'embedded', or 'auto' "
+                             "(the default: $NANOCHAT_DATA_URL or FineWeb-Edu on Hugging Face, falling back to "
                              "embedded when unreachable)")
     parser.add_argument("--workers", type=int, default=4, help="parallel downloads")
     parser.add_argument("--retries", type=int, default=5, help="retries per shard")

@@ -237,7 +237,8 @@ def render(info: dict, brief: bool) -> list[str]:
             lines.append(f"  libuv TCPStore backend: {libuv_store_available()} "
                          f"(USE_LIBUV={os.environ.get('USE_LIBUV', '<unset>')}; without libuv launch "
                          f"with `python -m nanochat.torchrun_no_libuv`)")
-            for var in ("NANOCHAT_IN_NIX", "TORCH_CUDA_ARCH_LIST", "CUDA_HOME", "LD_LIBRARY_PATH"):
+            for var in ("NANOCHAT_IN_NIX", "NANOCHAT_NIX_SHELL", "TORCH_CUDA_ARCH_LIST", "CUDA_HOME",
+                        "NANOCHAT_HOST_DRIVER_LINKED", "LD_LIBRARY_PATH"):
                 lines.append(f"  {var}={os.environ.get(var, '<unset>')}")
     for w in info["warnings"]:
         lines.append(f"WARNING: {w}")

@@ -25,8 +25,9 @@ import torch
 
 MAX_EXPR_CHARS = 300
 MAX_NODES = 64
-MAX_INT_BITS = 4096       # no intermediate integer beyond ~1e1233
-MAX_POW_EXPONENT = 1024
+MAX_INT_BITS = 256        # no intermediate integer beyond ~1e77
+MAX_POW_EXPONENT = 256
+MAX_RESULT_CHARS = 64     # a longer result would flood the context
 MAX_STR_CHARS = 1000
 
 _BINOPS = {
@@ -117,9 +118,10 @@ def calculator(expr: str) -> str | None:
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
         return None
     try:
-        return format_number(_eval(tree))
+        out = format_number(_eval(tree))
     except (_Reject, RecursionError):
         return None
+    return out if len(out) <= MAX_RESULT_CHARS else None
 
 
 # ----------------------------------------------------------------------------- sampling

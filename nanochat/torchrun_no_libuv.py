@@ -174,8 +174,9 @@ def route_workers(cmd, cmd_args: list, args) -> tuple:
     if getattr(args, "run_path", False) or callable(cmd):
         return run_script_path_no_libuv, list(cmd_args)
     if getattr(args, "no_python", False) or cmd_args[:1] != ["-u"]:
-        print("torchrun_no_libuv: warning: --no-python workers are started unchanged; they must "
-              "create their TCPStores with use_libuv=False themselves", file=sys.stderr, flush=True)
+        print(f"torchrun_no_libuv: warning: workers run as `{cmd} ...` (not `python -u`) are "
+              "started unchanged; they must create their TCPStores with use_libuv=False "
+              "themselves", file=sys.stderr, flush=True)
         return cmd, list(cmd_args)
     this_file = os.path.realpath(__file__)
     return cmd, ["-u", this_file, WORKER_FLAG] + list(cmd_args[1:])

@@ -362,7 +362,7 @@ def resolve_resume(ctx: RunContext, ckpt_dir: Path, semantic: dict) -> Resumed |
     model_state, optim, meta = ckm.load_checkpoint(ckpt_dir, step, ctx.device, load_optimizer=False, rank=ctx.rank)
     saved_world = int(meta.get("world_size", ctx.world))
     if saved_world == ctx.world:
-        _, optim, _ = ckm.load_checkpoint(ckpt_dir, step, "cpu", load_optimizer=True, rank=ctx.rank)
+        optim = ckm.load_optimizer_state(ckpt_dir, step, ctx.rank, "cpu", meta)
     else:
         print0(f"warning: step {step} was saved by {saved_world} process(es), this run has {ctx.world}: the "
                f"(sharded) optimizer state restarts and the data stream continues after the furthest position read")

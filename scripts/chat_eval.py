@@ -195,19 +195,17 @@ def report_items(args, out: dict, meta: dict) -> list:
     if out["ChatCORE"] is not None:
         metrics["ChatCORE"] = float(out["ChatCORE"])
         metrics["ChatCORE tasks"] = f"{len(out['results'])}/{len(ALL_TASKS)}"
-    lines: list = [metrics, ""]
+    lines: list = [metrics]  # (Report.log drops empty strings: blank lines are written as "\n" prefixes)
     if out["results"]:
-        lines += ["| task | type | accuracy | correct | source |", "|---|---|---|---|---|"]
+        lines += ["\n| task | type | accuracy | correct | source |", "|---|---|---|---|---|"]
         for name, r in out["results"].items():
             lines.append(f"| {name} | {r['type']} | {r['accuracy']:.4f} | {r['correct']}/{r['total']} | "
                          f"{r['source']} |")
-        lines.append("")
     if out["unavailable"]:
-        lines.append("Not evaluated:")
+        lines.append("\nNot evaluated:")
         lines += [f"- {msg}" for msg in out["unavailable"].values()]
-        lines.append("")
     if out["ChatCORE"] is not None and len(out["results"]) < len(ALL_TASKS):
-        lines.append(f"ChatCORE here averages only {', '.join(out['results'])}; it is not comparable with a "
+        lines.append(f"\nChatCORE here averages only {', '.join(out['results'])}; it is not comparable with a "
                      f"ChatCORE over all {len(ALL_TASKS)} tasks.")
     return lines
 

@@ -26,17 +26,35 @@ def fixture_task(split: str, n: int):
     return TaskMixture([ListTask("Fixture", convs, source="test fixture", split=split)], seed=3)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs: one intra-op thread (2 cores shared with the data thread and other jobs;
+    OpenMP spinning on an oversubscribed machine is 10x slower)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def base_template(tmp_path_factory):
+    """Corpus, tokenizer and a tiny base checkpoint (tag c, step 20), trained once per module."""
+    tmpl = tmp_path_factory.mktemp("chat-template")
+    prepare_base(tmpl)
+    ok(run_script(tmpl, "scripts.base_train", *TINY, "--num-iterations=20", "--eval-every=-1", "--model-tag=c"))
+    return tmpl
+
+
 @pytest.fixture
-def chat_base(base_dir, monkeypatch):
-    """A base dir with corpus, tokenizer, a tiny base checkpoint, and build_mixture patched."""
-    prepare_base(base_dir)
-    ok(run_script(base_dir, "scripts.base_train", *TINY, "--num-iterations=20", "--eval-every=-1",
-                  "--model-tag=c"))
+def chat_base(base_dir, base_template, monkeypatch):
+    """A base dir with corpus, tokenizer, the tiny base checkpoint, and build_mixture patched."""
+    import shutil
+    for sub in ("base_data", "tokenizer", "base_checkpoints"):
+        shutil.copytree(base_template / sub, base_dir / sub)
     from nanochat import training
-    calls = []
 
     def fake_load_mixture(stage, split, max_examples=None):
-        calls.append((stage, split))
         return fixture_task(split, 200 if split == "train" else 40)
     monkeypatch.setattr(training, "load_mixture", fake_load_mixture)
     return base_dir
@@ -60,23 +78,23 @@ def test_mid_then_sft_lower_val_loss(chat_base):
     from scripts import chat_sft, mid_train
     base = chat_base
     rec = base / "mid.step"
-    mid_train.main([*MID, "--num-iterations=12", "--eval-every=-1", "--model-step=20", f"--record-output={rec}"])
-    meta = read_meta(base, "mid_checkpoints", "c", 12)
+    mid_train.main([*MID, "--num-iterations=8", "--eval-every=8", "--model-step=20", f"--record-output={rec}"])
+    meta = read_meta(base, "mid_checkpoints", "c", 8)
     ev = evals(meta)
-    assert ev[12]["val_loss"] < ev[0]["val_loss"] - 0.5, ev
+    assert ev[8]["val_loss"] < ev[0]["val_loss"] - 0.5, ev
     assert meta["semantic_config"]["upstream"]["source"] == "base"
     assert meta["semantic_config"]["upstream"]["step"] == 20
-    assert rec.read_text().strip() == "12"
+    assert rec.read_text().strip() == "8"
     assert (base / "report" / "midtraining.md").exists() and (base / "report" / "mid_loss.svg").exists()
 
     sft_rec = base / "sft.step"
-    chat_sft.main([*SFT, "--source=mid", "--model-step=12", "--num-iterations=10", "--eval-every=5",
+    chat_sft.main([*SFT, "--source=mid", "--model-step=8", "--num-iterations=6", "--eval-every=3",
                    f"--record-output={sft_rec}"])
-    meta = read_meta(base, "chatsft_checkpoints", "c", 10)
+    meta = read_meta(base, "chatsft_checkpoints", "c", 6)
     ev = evals(meta)
-    assert sorted(ev) == [0, 5, 10] and ev[10]["val_loss"] < ev[0]["val_loss"], ev
+    assert sorted(ev) == [0, 3, 6] and ev[6]["val_loss"] < ev[0]["val_loss"], ev
     assert meta["semantic_config"]["upstream"]["source"] == "mid"
-    assert sft_rec.read_text().strip() == "10"
+    assert sft_rec.read_text().strip() == "6"
     section = (base / "report" / "chat-sft.md").read_text()
     assert "Final val loss" in section and (base / "report" / "sft_loss.svg").exists()
 
@@ -84,17 +102,17 @@ def test_mid_then_sft_lower_val_loss(chat_base):
 def test_mid_and_sft_resume_exactly(chat_base):
     from scripts import chat_sft, mid_train
     base = chat_base
-    mid_train.main([*MID, "--num-iterations=6", "--eval-every=-1", "--save-every=3"])
-    full = read_meta(base, "mid_checkpoints", "c", 6)["loop_state"]["train_losses"]
-    mid_train.main([*MID, "--num-iterations=6", "--eval-every=-1", "--save-every=3", "--resume-from-step=3"])
-    again = read_meta(base, "mid_checkpoints", "c", 6)["loop_state"]["train_losses"]
-    assert again == full and [s for s, _ in full] == [1, 2, 3, 4, 5, 6]
+    mid_train.main([*MID, "--num-iterations=4", "--eval-every=-1", "--save-every=2"])
+    full = read_meta(base, "mid_checkpoints", "c", 4)["loop_state"]["train_losses"]
+    mid_train.main([*MID, "--num-iterations=4", "--eval-every=-1", "--save-every=2", "--resume-from-step=2"])
+    again = read_meta(base, "mid_checkpoints", "c", 4)["loop_state"]["train_losses"]
+    assert again == full and [s for s, _ in full] == [1, 2, 3, 4]
 
-    chat_sft.main([*SFT, "--source=mid", "--num-iterations=6", "--eval-every=-1", "--save-every=3"])
-    full = read_meta(base, "chatsft_checkpoints", "c", 6)["loop_state"]["train_losses"]
-    (base / "chatsft_checkpoints" / "c" / "meta_000006.json").unlink()  # crash before step 6 completed
-    chat_sft.main([*SFT, "--source=mid", "--num-iterations=6", "--eval-every=-1", "--save-every=3"])
-    again = read_meta(base, "chatsft_checkpoints", "c", 6)["loop_state"]["train_losses"]
+    chat_sft.main([*SFT, "--source=mid", "--num-iterations=4", "--eval-every=-1", "--save-every=2"])
+    full = read_meta(base, "chatsft_checkpoints", "c", 4)["loop_state"]["train_losses"]
+    (base / "chatsft_checkpoints" / "c" / "meta_000004.json").unlink()  # crash before step 4 completed
+    chat_sft.main([*SFT, "--source=mid", "--num-iterations=4", "--eval-every=-1", "--save-every=2"])
+    again = read_meta(base, "chatsft_checkpoints", "c", 4)["loop_state"]["train_losses"]
     assert again == full
 
 
@@ -102,8 +120,13 @@ def test_upstream_change_starts_over(chat_base, capsys):
     from scripts import mid_train
     base = chat_base
     mid_train.main([*MID, "--num-iterations=2", "--eval-every=-1"])
-    # a new base checkpoint step appears: mid is now "from another upstream" and must not resume
-    ok(run_script(base, "scripts.base_train", *TINY, "--num-iterations=21", "--eval-every=-1", "--model-tag=c"))
+    # a newer base checkpoint appears: mid now starts from another upstream and must not resume
+    import shutil
+    d = base / "base_checkpoints" / "c"
+    shutil.copy(d / "model_000020.pt", d / "model_000021.pt")
+    meta = json.loads((d / "meta_000020.json").read_text())
+    meta["step"] = 21
+    (d / "meta_000021.json").write_text(json.dumps(meta))
     capsys.readouterr()
     mid_train.main([*MID, "--num-iterations=2", "--eval-every=-1"])
     out = capsys.readouterr().out

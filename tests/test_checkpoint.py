@@ -120,6 +120,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("fmt", ["torch-zip", "raw-pickle"])
 def test_malicious_pickle_is_rejected_without_running(base_dir, tmp_path, fmt):
     d = ckm.checkpoint_dir("base", "t")

@@ -166,6 +166,9 @@ def test_render_and_tokenize_move_the_space_onto_the_continuation():
     ids, s, e = seqs[0]
     assert ids[0] == 0 and "".join(map(chr, ids[s:e])) == " x y" and e == len(ids)
     assert "".join(map(chr, ids[1:s])).endswith("Answer:")
+    # data that already carries the space is not doubled
+    lm = eval_bundle.CORE_BY_LABEL["lambada_openai"]
+    assert render_requests(lm, {"context": "saw the ", "continuation": " harbor"}, []) == ([("saw the ", "harbor")], None)
     # schema: different contexts, identical continuation tokens
     sch = eval_bundle.CORE_BY_LABEL["winogrande"]
     pairs, _ = render_requests(sch, {"context_options": ["A x", "A yy"], "continuation": "end.", "gold": 0}, [])
@@ -205,8 +208,21 @@ def test_rigged_model_gives_exact_accuracies():
     expected_core = sum(centered(a, BASELINES[k]) for k, a in EXPECTED_ACC.items()) / 8
     assert out["CORE"] == pytest.approx(expected_core) == pytest.approx(0.3125)
     assert out["note"].startswith("CORE over 8/22 tasks (not comparable to the official number)")
-    # every candidate of one item went through one forward; every row starts with BOS
-    assert max(b for b, _ in model.seen_shapes) == 4 and set(model.first_tokens) == {0}
+    assert set(model.first_tokens) == {0}                      # every row starts with BOS
+    assert len(model.seen_shapes) == 8                          # tiny tasks: one forward per task
+
+
+def test_each_item_has_all_its_candidates_in_one_forward():
+    model, tok = rigged()
+    out = evaluate_core(model, tok, "cpu", bundle=FIXTURE, log=None, tokens_per_forward=1)   # no packing
+    rows = [b for b, _ in model.seen_shapes]
+    items = load_bundle(FIXTURE).tasks
+    want = []
+    for label in items:
+        for it in items[label].read_items():
+            want.append(len(it.get("choices") or it.get("context_options") or [0]))
+    assert rows == want
+    assert out["CORE"] == pytest.approx(0.3125)
 
 
 def test_left_cropping_to_the_model_window():

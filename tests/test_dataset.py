@@ -304,8 +304,8 @@ def test_unreachable_default_url_falls_back_to_embedded(base_dir, wheelhouse, mo
     src = dataset.read_source(base_dir / "base_data")
     assert src["kind"] == "embedded"
     assert "fallback" in (base_dir / "base_data" / "SOURCE.txt").read_text()
-    # a later default run reuses it without touching the network; an explicit other source is refused
-    info = dataset.prepare(2, None, log=quiet)
+    # a later default ("auto") run reuses it without touching the network; an explicit other source is refused
+    info = dataset.prepare(2, "auto", log=quiet)
     assert info["kind"] == "embedded"
     with pytest.raises(UserError, match="already holds shards from the embedded corpus"):
         dataset.prepare(2, "http://127.0.0.1:1", log=quiet)
@@ -395,7 +395,7 @@ def test_reading_errors(base_dir):
     write_shard(data / "shard_01822.parquet", ["v"])
     assert next(dataset.parquets_iter_batched("train"))[0] == ["a", "b"]
     (data / "shard_00000.parquet").write_bytes(b"PAR1 this is not parquet")
-    with pytest.raises(UserError, match=r"shard_00000\.parquet not a readable parquet.*delete it and rerun `make data`"):
+    with pytest.raises(UserError, match=r"shard_00000\.parquet is not a readable parquet.*delete it and rerun `make data`"):
         next(dataset.parquets_iter_batched("train"))
     pq.write_table(pa.table({"body": ["x"]}), data / "shard_00000.parquet")
     with pytest.raises(UserError, match="has no `text` column"):

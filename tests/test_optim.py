@@ -165,6 +165,8 @@ def _dist_worker(rank, world, port, reduce_scatter, errors_path):
         # (16,16)x2 -> 1+1, (32,8)x1 -> 1+0
         owned = sum(1 for p in muon_p if "momentum_buffer" in muon.state[p])
         assert owned == {0: 4, 1: 2}[rank], owned
+        open(f"{errors_path}.ok.{rank}", "w").close()
+        dist.barrier()
     except BaseException:  # make the parent's error message useful
         with open(f"{errors_path}.{rank}", "w") as f:
             f.write(traceback.format_exc())
@@ -186,9 +188,13 @@ def test_distributed_optimizers_match_single_process(reduce_scatter, tmp_path, m
     errors = tmp_path / "err"
     try:
         mp.spawn(_dist_worker, args=(2, _free_port(), reduce_scatter, str(errors)), nprocs=2, join=True)
-    except Exception:
-        msgs = [p.read_text() for p in sorted(tmp_path.glob("err.*"))]
-        pytest.fail(f"distributed worker failed: {msgs}")
+    except Exception as exc:
+        # gloo occasionally aborts (SIGABRT, "terminate called without an active exception") while
+        # tearing the process group down, after every check has passed: that is not our failure
+        if all((tmp_path / f"err.ok.{r}").exists() for r in range(2)):
+            return
+        msgs = [p.read_text() for p in sorted(tmp_path.glob("err.[0-9]"))]
+        pytest.fail(f"distributed worker failed: {exc}; {msgs}")
 
 
 def test_dist_optimizers_need_a_process_group():

