@@ -16,9 +16,12 @@ function), not a hardened jail. Layers, each useful on its own:
    interpreter and stdlib still work as nobody; then file permissions and RLIMIT_NPROC apply);
 5. inside the child, before the code runs: an audit hook (sys.addaudithook, cannot be removed)
    that refuses writes outside the sandbox directory, reads outside it and the Python install,
-   sockets, subprocesses, fork/exec/spawn/kill, ctypes, chdir, symlinks, rlimit changes and
-   re-importing the patched modules; and a prelude that replaces os.fork/system/exec*/kill/remove/
-   rmtree..., subprocess.*, and socket.* with functions that raise PermissionError.
+   sockets, subprocesses, fork/exec/spawn/kill, ctypes, gc.get_objects & co, chdir, symlinks,
+   rlimit changes and re-importing the patched modules; and a prelude that replaces os.fork/system/
+   exec*/spawn*/kill, subprocess.*, socket.* with functions that raise PermissionError, and
+   os.remove/unlink/rmdir/rename/replace/chmod/truncate/mkdir/open and shutil.rmtree/move with
+   versions that only act inside the sandbox directory (so tempfile and friends still work).
+   The two layers share no state: tampering with the prelude's closures does not weaken the hook.
 """
 from __future__ import annotations
 
@@ -418,14 +421,21 @@ def _run(code: str, timeout: float, memory_mb: int, drop: tuple[int, int] | None
                                         close_fds=True)
             except OSError as exc:
                 return ExecutionResult(False, "", "", error=f"could not start the sandbox: {exc}")
-            timed_out = not _wait_unreaped(proc.pid, timeout)
+            if hasattr(os, "waitid"):
+                timed_out = not _wait_unreaped(proc.pid, timeout)
+            else:  # pragma: no cover - platforms without waitid: reap first (tiny pid-reuse window)
+                try:
+                    proc.wait(timeout=timeout)
+                    timed_out = False
+                except subprocess.TimeoutExpired:
+                    timed_out = True
             # The leader is not reaped yet (a zombie at worst), so its process group id cannot have been
             # reused: killing the group hits only what the code started, including leftovers.
             _kill_group(proc.pid)
             proc.wait()
             stdout, stderr = _read_capped(fout), _read_capped(ferr)
         rc = proc.returncode
-        memory = (not timed_out) and ("MemoryError" in stderr or "Cannot allocate memory" in stderr
+        memory = (not timed_out) and rc != 0 and ("MemoryError" in stderr or "Cannot allocate memory" in stderr
                                       or "std::bad_alloc" in stderr)
         success = rc == 0 and not timed_out
         error = None

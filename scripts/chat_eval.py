@@ -22,8 +22,6 @@ import argparse
 import contextlib
 import time
 
-import torch
-
 from nanochat.common import UserError, compute_cleanup, compute_init, print0, run_main
 
 ALL_TASKS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]
@@ -77,6 +75,7 @@ class Evaluator:
         self._letter_ids: dict = {}
 
     def autocast(self):
+        import torch
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -95,8 +94,8 @@ class Evaluator:
     def _indices(self, n: int) -> list[int]:
         return list(range(self.rank, n, self.world))
 
-    @torch.no_grad()
     def categorical(self, task, n: int, batch_size: int) -> tuple[int, int]:
+        import torch
         from nanochat.tasks.base import last_assistant_text
         correct = total = 0
         mine = self._indices(n)
@@ -107,7 +106,7 @@ class Evaluator:
             x = torch.full((len(rows), width), self.tokenizer.get_bos_token_id(), dtype=torch.long)
             for r, ids in enumerate(rows):
                 x[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            with self.autocast():
+            with torch.no_grad(), self.autocast():
                 logits = self.model(x.to(self.device))
             for r, (conv, ids) in enumerate(zip(convs, rows)):
                 letters = conv["letters"]
@@ -117,7 +116,6 @@ class Evaluator:
                 total += 1
         return correct, total
 
-    @torch.no_grad()
     def generative(self, task, n: int, num_samples: int, max_new_tokens: int, temperature: float,
                    top_k: int | None, seed: int) -> tuple[int, int]:
         correct = total = 0
@@ -136,6 +134,7 @@ class Evaluator:
 def all_reduce_counts(correct: int, total: int, device, is_ddp: bool) -> tuple[int, int]:
     if not is_ddp:
         return correct, total
+    import torch
     import torch.distributed as dist
     t = torch.tensor([correct, total], dtype=torch.long, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)

@@ -3,7 +3,6 @@ local directories, the embedded corpus (from fake archives: no network), DDP sha
 from __future__ import annotations
 
 import io
-import os
 import socket
 import subprocess
 import sys
