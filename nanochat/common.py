@@ -84,6 +84,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should read like normal files
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
@@ -105,6 +106,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         torch.save(obj, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         _unlink_quietly(tmp)
