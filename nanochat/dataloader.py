@@ -43,8 +43,9 @@ the task forever (epoch counter).
 
   * mid: the same best-fit packing into rows of T+1 tokens, but never cropping: when nothing fits,
     the rest of the row is padded (inputs BOS, targets -1).
-  * sft: one conversation per row; a batch is padded to its longest row (so its width is <= T);
-    pad inputs are `<|assistant_end|>`, pad targets -1.
+  * sft: one conversation per row; a batch is padded to its longest row rounded up to a power of
+    two (>= 64, <= T: few distinct shapes for compiled/flex kernels); pad inputs are
+    `<|assistant_end|>`, pad targets -1.
 
 Transfer: batches are produced by a background thread (a small queue) so tokenization overlaps the
 GPU; on CUDA each batch is written into ONE pinned host buffer and moved with ONE non-blocking copy
@@ -373,6 +374,15 @@ class MidStream:
                 "pending": [list(x) for x in self.packer.idents()]}
 
 
+def bucket_width(n: int, cap: int, smallest: int = 64) -> int:
+    """n rounded up to a power of two (at least `smallest`, at most `cap`): compiled kernels and
+    FlexAttention block masks then see a handful of shapes instead of one per batch."""
+    w = smallest
+    while w < n:
+        w *= 2
+    return max(min(w, cap), min(n, cap))
+
+
 class SFTStream:
     """One conversation per row, padded to the longest row of the batch."""
 
@@ -401,7 +411,7 @@ class SFTStream:
                     raise UserError("no conversation of the task mixture has any assistant token to train on")
                 continue
             rows.append((ids[:-1], _targets(ids, mask)))
-        width = max(len(x) for x, _ in rows)
+        width = bucket_width(max(len(x) for x, _ in rows), self.row_len - 1)
         inputs = np.full((B, width), self.pad_id, dtype=np.int64)
         targets = np.full((B, width), -1, dtype=np.int64)
         for r, (x, y) in enumerate(rows):

@@ -430,7 +430,7 @@ class TrainResult:
     train_losses: list                      # [[step, loss], ...] (step = optimizer steps done)
     evals: list                             # [[step, {metrics}], ...]
     last_eval: dict
-    total_time: float                       # seconds spent in training steps (all segments)
+    total_time: float                       # seconds in training steps (all segments, minus each first step)
     mean_tok_per_sec: float
     mean_mfu: float
     tokens_trained: int
@@ -529,7 +529,8 @@ def train(ctx: RunContext, spec: TrainSpec) -> TrainResult:
             if not math.isfinite(train_loss):
                 raise UserError(f"training diverged at step {step} (loss {train_loss}): lower the learning rates "
                                 f"or check the data; the last good checkpoint is kept in {spec.ckpt_dir}")
-            total_time += dt
+            if step - start > 1:  # the first step of a segment is mostly compilation/warm-up
+                total_time += dt
             tokens_trained += ntok_global
             train_losses.append([step, train_loss])
             tok_per_sec = ntok_global / dt
@@ -548,11 +549,11 @@ def train(ctx: RunContext, spec: TrainSpec) -> TrainResult:
             elif step % 5000 == 0:
                 gc.collect()
             if step % spec.log_every == 0 or step == N:
-                recent = dts[-50:] if dts else [dt]
-                eta = sum(recent) / len(recent) * (N - step)
+                recent = dts[-50:]
+                eta = _fmt_time(sum(recent) / len(recent) * (N - step)) if recent else "?"
                 print0(f"step {step:05d}/{N:05d} ({100 * step / max(N, 1):5.1f}%) | loss {train_loss:.6f} | "
                        f"lrm {lrm:.3f} | dt {dt * 1000:.1f}ms | tok/s {tok_per_sec:,.0f} | mfu {mfu:.2f}% | "
-                       f"eta {_fmt_time(eta)} | total {_fmt_time(total_time)}")
+                       f"eta {eta} | total {_fmt_time(total_time)}")
                 ctx.wandb.log({"step": step, "train/loss": train_loss, "train/lrm": lrm, "train/dt": dt,
                                "train/tok_per_sec": tok_per_sec, "train/mfu": mfu})
     finally:
@@ -749,7 +750,8 @@ def categorical_accuracy(ctx: RunContext, model, tokenizer, task, max_problems: 
             answers.append(_answer_letter(conv, letters))
         if not rows:
             continue
-        width = max(len(r) for r in rows)
+        from nanochat.dataloader import bucket_width
+        width = bucket_width(max(len(r) for r in rows), model.config.sequence_len)
         x = torch.zeros((len(rows), width), dtype=torch.long)
         for r, ids in enumerate(rows):
             x[r, :len(ids)] = torch.tensor(ids)

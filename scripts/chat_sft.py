@@ -103,7 +103,8 @@ def run(ctx, args) -> None:
 
     train_task = tr.load_mixture("sft", "train")
     val_task = tr.load_mixture("sft", "val")
-    ft = tr.prepare_finetune(ctx, args, source=args.source, out_stage="sft", compile_dynamic=True)
+    # batch widths are powers of two (nanochat.dataloader.bucket_width): few shapes, static compile
+    ft = tr.prepare_finetune(ctx, args, source=args.source, out_stage="sft", compile_dynamic=False)
     B, T = args.device_batch_size, ft.seq_len
     accum = tr.grad_accum_steps(args.target_examples_per_step, B, 1, ctx.world,
                                 total_flag="--target-examples-per-step", unit="conversations")

@@ -313,3 +313,9 @@ def test_real_corpus_and_tokenizer(base_dir):
     val = pretrain_loader(tok, 2, 64, "val", "cpu", 0, 1, prefetch=0)
     for _ in range(60):  # loops past the end of the small val split
         next(val)
+
+
+def test_bucket_width():
+    from nanochat.dataloader import bucket_width
+    assert [bucket_width(n, 2048) for n in (1, 64, 65, 300, 1500, 2048)] == [64, 64, 128, 512, 2048, 2048]
+    assert bucket_width(100, 100) == 100 and bucket_width(30, 40) == 40

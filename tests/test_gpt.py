@@ -10,6 +10,16 @@ import nanochat.gpt as G
 from nanochat.gpt import GPT, GPTConfig, KVCache
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: with 2 OpenMP threads on a 2-core box that is also busy, spin-waiting makes
+    these tests ~50x slower; one thread is fastest and predictable."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny(**kw) -> GPTConfig:
     base = dict(sequence_len=64, vocab_size=256, n_layer=2, n_head=4, n_kv_head=4, n_embd=64)
     base.update(kw)

@@ -28,9 +28,15 @@ FROM_SFT = ["chat_sft", "chat_eval", "report"]
 
 @pytest.fixture
 def repo(tmp_path):
-    """A copy of the repository's pipeline-relevant files."""
+    """A private copy of what the Makefile reads (so tests may edit sources)."""
     dst = tmp_path / "repo"
-    shutil.copytree(ROOT, dst, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", ".pytest_cache"))
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("nanochat", "scripts"):
+        shutil.copytree(ROOT / name, dst / name, ignore=skip)
+    (dst / "tests" / "fixtures").mkdir(parents=True)
+    shutil.copy2(ROOT / "tests" / "fixtures" / "fake_py", dst / "tests" / "fixtures" / "fake_py")
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy2(ROOT / name, dst / name)
     return dst
 
 
