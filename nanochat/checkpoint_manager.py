@@ -19,7 +19,6 @@ validation numbers, the data loader states (one per rank) and the loop state use
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
 import zipfile

@@ -18,6 +18,13 @@ Attention back ends:
 - CPU/MPS, no KV cache: SDPA with an explicit boolean band mask (small sizes only).
 - with a KV cache (inference, any device): SDPA over cache[:pos+T] with an explicit
   causal + window mask offset by pos.
+
+Measured on one H100 (torch 2.11, bf16 autocast, torch.compile, d20, B=16, T=2048, incl. the
+optimizer step): "L" 248 ms/step (132K tok/s, 43% MFU; ~50% without the 35 ms Muon+AdamW step),
+"SSSL" 251 ms/step (FlexAttention windows are no faster than flash causal at T=2048).
+
+Training with torch.compile: compile the model for the training forward only; use the plain
+(uncompiled) module for KV-cache inference, whose Python-int cache position would recompile.
 """
 from __future__ import annotations
 
@@ -403,7 +410,9 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        # rows of the flattened [B*T, D] final activations per loss chunk (see _loss)
+        # rows of the flattened [B*T, D] final activations per loss chunk (see _loss); B*T at or below
+        # this uses the plain loss. On an H100 at d20/B=16 the chunked loss cost ~1% step time and
+        # saved little (compiled plain CE is lean); it matters at larger B*T or vocab.
         self.loss_chunk_rows = 8192
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i, w) for i, w in enumerate(config.layer_windows()))

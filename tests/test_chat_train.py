@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from conftest import subprocess_env  # noqa: F401  (keeps the import style of the other tests)
 from test_base_train import TINY, ok, run_script
 from test_dataloader import prepare_base
 

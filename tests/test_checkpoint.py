@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch

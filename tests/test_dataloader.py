@@ -55,7 +55,9 @@ def prepare_base(base: Path, vocab_size: int = 512) -> Path:
     from nanochat.tokenizer import Tokenizer
     if "template" not in _CACHE:
         import tempfile
+        import atexit
         tmpl = Path(tempfile.mkdtemp(prefix="nanochat-corpus-"))
+        atexit.register(shutil.rmtree, tmpl, True)
         docs = make_corpus(tmpl / "base_data")
         tok = Tokenizer.train_from_iterator(iter(docs), vocab_size)
         tok.save(tmpl / "tokenizer")
