@@ -104,7 +104,11 @@ ifeq ($(PRESET),tiny)
   MID_TOTAL_BATCH_SIZE ?= 4096
   SFT_EPOCHS ?= 1
   SFT_ITERATIONS ?= 40
+  SFT_DEVICE_BATCH_SIZE ?= 8
+  SFT_EVAL_STEPS ?= 8
   CHAT_EVAL_MAX ?= 20
+  CHAT_MAX_NEW_TOKENS ?= 96
+  MID_EVAL_TOKENS ?= 32768
 else ifeq ($(PRESET),speedrun)
   # nanochat's d20 "$100" recipe on one 8xH100 node (any NPROC works: grad accumulation)
   DATA_SOURCE ?= auto
@@ -154,10 +158,15 @@ MID_INIT_LR_FRAC ?= 1.0
 SFT_EPOCHS ?= 1
 SFT_ITERATIONS ?= -1
 SFT_INIT_LR_FRAC ?= 0.02
+SFT_TARGET_EXAMPLES ?= 32
+SFT_EVAL_STEPS ?= 100
+MID_EVAL_TOKENS ?= 10485760
 CHAT_EVAL_MAX ?= -1
+CHAT_MAX_NEW_TOKENS ?= 512
 MODEL_TAG ?= d$(DEPTH)
 # execution-only knobs: never make a stage stale
 WANDB_RUN ?= dummy
+SFT_DEVICE_BATCH_SIZE ?= 4
 # free-form per-stage flags (semantic: they are recorded in the stamps)
 DATA_ARGS ?=
 TOK_ARGS ?=
@@ -183,7 +192,7 @@ check_number = $(if $(call is_number,$($(1))),,$(error $(1)=$($(1)) must be a nu
 check_noquote = $(if $(findstring ',$($(1))),$(error $(1) must not contain a single quote))
 
 ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
-$(foreach v,DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE SFT_EPOCHS NPROC NNODES,$(call check_posint,$(v),4))
+$(foreach v,DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE MID_EVAL_TOKENS SFT_EPOCHS SFT_DEVICE_BATCH_SIZE SFT_TARGET_EXAMPLES SFT_EVAL_STEPS CHAT_MAX_NEW_TOKENS NPROC NNODES,$(call check_posint,$(v),4))
 $(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK,$(call check_int,$(v)))
 $(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC,$(call check_number,$(v),0.02))
 $(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS WANDB_RUN MODEL_TAG NANOCHAT_BASE_DIR,$(call check_noquote,$(v)))
@@ -214,8 +223,8 @@ code_hash = $(if $(filter 1,$(TRACK_CODE)),;code=$(firstword $(shell cat $(1) 2>
 data_params      := source=$(DATA_SOURCE);shards=$(DATA_SHARDS);args=$(DATA_ARGS)$(call code_hash,nanochat/dataset.py nanochat/embedded_corpus.py)
 tokenizer_params := vocab=$(VOCAB_SIZE);max_chars=$(TOK_MAX_CHARS);doc_cap=$(TOK_DOC_CAP);args=$(TOK_ARGS)$(call code_hash,nanochat/tokenizer.py scripts/tok_train.py)
 pretrain_params  := depth=$(DEPTH);aspect=$(ASPECT_RATIO);head_dim=$(HEAD_DIM);seq=$(MAX_SEQ_LEN);window=$(WINDOW_PATTERN);total_batch=$(TOTAL_BATCH_SIZE);iters=$(NUM_ITERATIONS);ratio=$(TARGET_PARAM_DATA_RATIO);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);lr_scalar=$(SCALAR_LR);wd=$(WEIGHT_DECAY);warmup=$(WARMUP_RATIO);warmdown=$(WARMDOWN_RATIO);final_lr=$(FINAL_LR_FRAC);eval_tokens=$(EVAL_TOKENS);core_max=$(CORE_MAX_PER_TASK);tag=$(MODEL_TAG);args=$(BASE_ARGS)$(call code_hash,nanochat/gpt.py nanochat/optim.py nanochat/dataloader.py nanochat/training.py scripts/base_train.py)
-midtrain_params  := iters=$(MID_ITERATIONS);total_batch=$(MID_TOTAL_BATCH_SIZE);seq=$(MAX_SEQ_LEN);init_lr=$(MID_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_max=$(CHAT_EVAL_MAX);args=$(MID_ARGS)$(call code_hash,nanochat/training.py scripts/mid_train.py)
-sft_params       := epochs=$(SFT_EPOCHS);iters=$(SFT_ITERATIONS);init_lr=$(SFT_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_max=$(CHAT_EVAL_MAX);args=$(SFT_ARGS)$(call code_hash,nanochat/training.py scripts/chat_sft.py)
+midtrain_params  := iters=$(MID_ITERATIONS);total_batch=$(MID_TOTAL_BATCH_SIZE);seq=$(MAX_SEQ_LEN);init_lr=$(MID_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_tokens=$(MID_EVAL_TOKENS);eval_max=$(CHAT_EVAL_MAX);max_new=$(CHAT_MAX_NEW_TOKENS);args=$(MID_ARGS)$(call code_hash,nanochat/training.py scripts/mid_train.py)
+sft_params       := epochs=$(SFT_EPOCHS);iters=$(SFT_ITERATIONS);examples_per_step=$(SFT_TARGET_EXAMPLES);init_lr=$(SFT_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_steps=$(SFT_EVAL_STEPS);eval_max=$(CHAT_EVAL_MAX);max_new=$(CHAT_MAX_NEW_TOKENS);args=$(SFT_ARGS)$(call code_hash,nanochat/training.py scripts/chat_sft.py)
 
 # the DAG, in one place: the rules below and `make dag`/`make status` all read these lists
 STAGES        := data tokenizer pretrain midtrain sft
@@ -262,7 +271,7 @@ help: ## show verbs and variables (default goal)
 	   WINDOW_PATTERN TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE NUM_ITERATIONS TARGET_PARAM_DATA_RATIO EMBEDDING_LR \
 	   UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC EVAL_TOKENS \
 	   CORE_MAX_PER_TASK MID_ITERATIONS MID_TOTAL_BATCH_SIZE MID_INIT_LR_FRAC SFT_EPOCHS SFT_ITERATIONS \
-	   SFT_INIT_LR_FRAC CHAT_EVAL_MAX MODEL_TAG WANDB_RUN DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS TRACK_CODE \
+	   SFT_INIT_LR_FRAC SFT_TARGET_EXAMPLES SFT_DEVICE_BATCH_SIZE SFT_EVAL_STEPS MID_EVAL_TOKENS CHAT_EVAL_MAX CHAT_MAX_NEW_TOKENS MODEL_TAG WANDB_RUN DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS TRACK_CODE \
 	   TORCH_SPEC PY,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
 	@echo
 	@echo "Semantic variables make their stage (and what follows) stale; NPROC, DEVICE_BATCH_SIZE,"
@@ -350,8 +359,8 @@ $(call stamp,midtrain): $(call deps_of,midtrain) $(call stale,midtrain) | $(VENV
 	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,pretrain) --num-iterations=$(MID_ITERATIONS) \
 	  --max-seq-len=$(MAX_SEQ_LEN) --device-batch-size=$(DEVICE_BATCH_SIZE) --total-batch-size=$(MID_TOTAL_BATCH_SIZE) \
 	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
-	  --init-lr-frac=$(MID_INIT_LR_FRAC) --resume=$(call resume_mode,midtrain) --record-output=$(STAMPS)/midtrain.step $(MID_ARGS)
-	$(RUN_DIST) -m scripts.chat_eval --device-type=$(DEVICE_TYPE) -i mid -g $(MODEL_TAG) -s $(call step_of,midtrain) -x $(CHAT_EVAL_MAX)
+	  --init-lr-frac=$(MID_INIT_LR_FRAC) --eval-tokens=$(MID_EVAL_TOKENS) --resume=$(call resume_mode,midtrain) --record-output=$(STAMPS)/midtrain.step $(MID_ARGS)
+	$(RUN_DIST) -m scripts.chat_eval --device-type=$(DEVICE_TYPE) -i mid -g $(MODEL_TAG) -s $(call step_of,midtrain) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
 	$(call finish,midtrain)
 
 $(call stamp,sft): $(call deps_of,sft) $(call stale,sft) | $(VENV_DEP)
@@ -359,10 +368,11 @@ $(call stamp,sft): $(call deps_of,sft) $(call stale,sft) | $(VENV_DEP)
 	rm -f $@ $(STAMPS)/sft.step
 	$(RUN_DIST) -m scripts.chat_sft --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --source=mid \
 	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,midtrain) --num-epochs=$(SFT_EPOCHS) \
-	  --num-iterations=$(SFT_ITERATIONS) --device-batch-size=$(DEVICE_BATCH_SIZE) \
+	  --num-iterations=$(SFT_ITERATIONS) --device-batch-size=$(SFT_DEVICE_BATCH_SIZE) \
+	  --target-examples-per-step=$(SFT_TARGET_EXAMPLES) --eval-steps=$(SFT_EVAL_STEPS) \
 	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
 	  --init-lr-frac=$(SFT_INIT_LR_FRAC) --resume=$(call resume_mode,sft) --record-output=$(STAMPS)/sft.step $(SFT_ARGS)
-	$(RUN_DIST) -m scripts.chat_eval --device-type=$(DEVICE_TYPE) -i sft -g $(MODEL_TAG) -s $(call step_of,sft) -x $(CHAT_EVAL_MAX)
+	$(RUN_DIST) -m scripts.chat_eval --device-type=$(DEVICE_TYPE) -i sft -g $(MODEL_TAG) -s $(call step_of,sft) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
 	$(call finish,sft)
 
 # the report is a plain file: rebuilt whenever any stage stamp is newer
