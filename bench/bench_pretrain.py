@@ -34,7 +34,7 @@ def run_config(spec: str, args) -> dict:
            f"--max-seq-len={args.seq_len}", f"--num-iterations={args.steps}", "--eval-every=-1",
            f"--eval-tokens={args.eval_tokens}", "--sample-every=-1", "--core-metric-every=-1",
            f"--model-tag=bench_d{depth}_{window}_bs{bs}", "--resume=fresh", "--save-every=-1",
-           "--no-final-save" if args.no_save else "", *args.extra]
+           "--dry-run", *args.extra]
     cmd = [c for c in cmd if c]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
@@ -70,7 +70,6 @@ def main() -> None:
     ap.add_argument("--total-batch-size", type=int, default=524288)
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--eval-tokens", type=int, default=524288)
-    ap.add_argument("--no-save", action="store_true", help="pass --no-final-save (if the script supports it)")
     ap.add_argument("--json", default="", help="append one JSON line per config to this file")
     ap.add_argument("--extra", action="append", default=[], help="extra base_train flag (repeatable)")
     args = ap.parse_args()

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sample-every", type=int, default=2000, help="print greedy samples every N steps (-1 = off)")
     g = p.add_argument_group("output")
     g.add_argument("--model-tag", default="", help="checkpoint directory name (default d<depth>)")
+    g.add_argument("--dry-run", action="store_true", help="train and log (benchmarks), save no checkpoint or report")
     return p
 
 
@@ -225,7 +226,7 @@ def run(ctx, args) -> None:
         num_iterations=N, grad_accum_steps=accum, ckpt_dir=ckpt_dir, meta=meta, flops_per_token=flops_per_token,
         lr_multiplier=lambda s: lr_multiplier(s, N, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac),
         momentum=muon_momentum, evaluate=evaluate, eval_every=args.eval_every, hooks=hooks,
-        save_every=args.save_every, keep_last=args.keep_last, resumed=resumed)
+        save_every=args.save_every, keep_last=args.keep_last, resumed=resumed, dry_run=args.dry_run)
     t0 = time.time()
     try:
         result = tr.train(ctx, spec)
@@ -235,6 +236,9 @@ def run(ctx, args) -> None:
     if result.peak_memory_gib is not None:
         print0(f"peak memory: {result.peak_memory_gib:.2f} GiB")
 
+    if args.dry_run:
+        print0("--dry-run: no checkpoint, no report")
+        return
     vals = [e[1].get("val_bpb") for e in result.evals if e[1].get("val_bpb") is not None]
     config_rows = {
         "Model tag": tag, "Depth": config.n_layer, "Model dim": config.n_embd, "Heads": config.n_head,
