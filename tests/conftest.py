@@ -35,3 +35,14 @@ def subprocess_env(base: Path, **extra) -> dict:
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def stage_modules(make_output: str) -> list[str]:
+    """Stage modules in the order make echoes (or, under -n, would run) them: the last `-m X` of each line."""
+    import re
+    mods = []
+    for line in make_output.splitlines():
+        found = re.findall(r"-m (?:scripts|nanochat)\.(\w+)", line)
+        if found and found[-1] not in ("pipeline", "torchrun_no_libuv"):
+            mods.append(found[-1])
+    return mods

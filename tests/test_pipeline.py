@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import stage_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,13 +98,7 @@ class Pipeline:
 
 
 def dry_modules(stdout: str) -> list[str]:
-    """Stage modules a `make -n` would run, in order (the last `-m X` of each command line)."""
-    mods = []
-    for line in stdout.splitlines():
-        found = re.findall(r"-m (?:scripts|nanochat)\.(\w+)", line)
-        if found and found[-1] not in ("pipeline", "torchrun_no_libuv"):
-            mods.append(found[-1])
-    return mods
+    return stage_modules(stdout)
 
 
 # ----------------------------------------------------------------------------- 1, 2
