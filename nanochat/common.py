@@ -31,6 +31,12 @@ def run_main(main: Callable[[], object]) -> None:
     # which argparse would read as "no more options": drop it.
     if len(sys.argv) > 1 and sys.argv[1] == "--":
         del sys.argv[1]
+    # argparse's own errors (unknown flag, bad choice) print a usage block: make them one line too
+    import argparse
+
+    def _one_line_error(self, message):
+        raise UserError(f"{message} (see --help)")
+    argparse.ArgumentParser.error = _one_line_error  # type: ignore[assignment]
     try:
         main()
     except UserError as exc:

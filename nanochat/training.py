@@ -688,6 +688,10 @@ def prepare_finetune(ctx: RunContext, args, source: str, out_stage: str, compile
     print0(f"starting from {source} checkpoint {tag} step {step} ({src_dir})")
     if getattr(args, "max_seq_len", -1) > 0:
         seq_len = args.max_seq_len
+        if seq_len > model.config.sequence_len:
+            raise UserError(f"--max-seq-len={seq_len} is longer than the context of {source} model {tag} "
+                            f"({model.config.sequence_len} tokens): use --max-seq-len<={model.config.sequence_len} "
+                            f"(or -1 = the model's)")
     else:  # the row length the upstream stage trained with (else the model's context)
         seq_len = int(up_meta.get("max_seq_len") or model.config.sequence_len)
     semantic = semantic_config(args, {"upstream": upstream, "vocab_size": tokenizer.get_vocab_size(),

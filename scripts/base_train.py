@@ -139,6 +139,35 @@ def sample_hook(ctx, model, tokenizer, max_tokens=16):
     return hook
 
 
+def check_fits(args, config, vocab: int, device) -> None:
+    """Refuse, before allocating anything, a model whose weights, gradients and optimizer state
+    (>= 12 bytes per parameter) cannot fit in the device's memory (e.g. --depth=100000)."""
+    import os
+    approx = 12 * config.n_layer * config.n_embd ** 2 + 2 * vocab * config.n_embd
+    if device.type == "cuda":
+        mem = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    if approx * 12 > mem:
+        raise UserError(f"--depth={args.depth} (dim {config.n_embd}) makes a model of about {approx:.2e} "
+                        f"parameters, which needs at least {approx * 12 / 2**30:,.0f} GiB but the {device.type} "
+                        f"device has {mem / 2**30:,.0f} GiB: use a smaller --depth / --aspect-ratio")
+
+
+def check_shards() -> None:
+    """Every train/val shard opens (footer, `text` column, rows), or a one-line UserError naming it."""
+    from nanochat.dataset import ShardError, check_shard, split_files
+    for split in ("train", "val"):
+        for f in split_files(split):
+            try:
+                check_shard(f)
+            except ShardError as exc:
+                raise UserError(f"shard {f} {exc}: delete it and rerun `make data`") from None
+
+
 def main(argv=None) -> None:
     args = tr.parse_args(build_parser(), argv)
     validate(args)
@@ -167,6 +196,7 @@ def run(ctx, args) -> None:
         raise UserError(f"invalid model shape: {exc}") from None
     B, T = args.device_batch_size, args.max_seq_len
     accum = tr.grad_accum_steps(args.total_batch_size, B, T, ctx.world)
+    check_fits(args, config, vocab, ctx.device)
 
     tr.set_seeds(args.seed)
     with torch.device("meta"):
@@ -181,6 +211,7 @@ def run(ctx, args) -> None:
     tag = args.model_tag or f"d{args.depth}"
     ckpt_dir = ckm.checkpoint_dir("base", tag)
     semantic = tr.semantic_config(args, {"vocab_size": vocab})
+    check_shards()  # before the resume policy may clear this tag's old checkpoints
     resumed = tr.resolve_resume(ctx, ckpt_dir, semantic)
     if resumed is not None:
         if resumed.meta.get("model_config") != dataclasses.asdict(config):
