@@ -249,10 +249,11 @@ q = '$(subst ','\'',$(1))'
 # Only one pipeline per base dir: the first recipe of a run claims $(B)/.lock for this make
 # process (its pid + start time); a second make stops with a clear message. A lock whose owner
 # died (kill -9) is stale and is taken over. $$PPID in a recipe shell is make itself.
-take_lock = @$(SYSTEM_PYTHON) -m nanochat.pipeline lock $(call q,$(B)) $$PPID
+# It also notes the stage's start time, so `finish` can record its wall time for the report.
+take_lock = @$(SYSTEM_PYTHON) -m nanochat.pipeline lock $(call q,$(B)) $$PPID --stage $(1)
 # record the parameters actually used, atomically, after the stage succeeded (node 0 only)
 define finish
-$(if $(filter 0,$(NODE_RANK)),@printf '%s\n' $(call q,$($(1)_params)) > $(call stamp,$(1)).tmp && mv -f $(call stamp,$(1)).tmp $(call stamp,$(1)),@true)
+$(if $(filter 0,$(NODE_RANK)),@$(SYSTEM_PYTHON) -m nanochat.pipeline timed $(call q,$(STAMPS)) $(1) && printf '%s\n' $(call q,$($(1)_params)) > $(call stamp,$(1)).tmp && mv -f $(call stamp,$(1)).tmp $(call stamp,$(1)),@true)
 endef
 step_of = $$(cat $(STAMPS)/$(1).step)
 
@@ -323,20 +324,20 @@ CONFIRM ?=
 
 # ============================================================================ the stages
 $(call stamp,data): $(call deps_of,data) $(call stale,data) | $(VENV_DEP)
-	$(take_lock)
+	$(call take_lock,data)
 	rm -f $@
 	$(PY) -m nanochat.dataset -n $(DATA_SHARDS) --source $(DATA_SOURCE) $(DATA_ARGS)
 	$(call finish,data)
 
 $(call stamp,tokenizer): $(call deps_of,tokenizer) $(call stale,tokenizer) | $(VENV_DEP)
-	$(take_lock)
+	$(call take_lock,tokenizer)
 	rm -f $@
 	$(PY) -m scripts.tok_train --max-chars=$(TOK_MAX_CHARS) --doc-cap=$(TOK_DOC_CAP) --vocab-size=$(VOCAB_SIZE) $(TOK_ARGS)
 	$(PY) -m scripts.tok_eval
 	$(call finish,tokenizer)
 
 $(call stamp,pretrain): $(call deps_of,pretrain) $(call stale,pretrain) | $(VENV_DEP)
-	$(take_lock)
+	$(call take_lock,pretrain)
 	rm -f $@ $(STAMPS)/pretrain.step
 	$(RUN_DIST) -m scripts.base_train --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
 	  --depth=$(DEPTH) --aspect-ratio=$(ASPECT_RATIO) --head-dim=$(HEAD_DIM) --max-seq-len=$(MAX_SEQ_LEN) \
@@ -353,7 +354,7 @@ $(call stamp,pretrain): $(call deps_of,pretrain) $(call stale,pretrain) | $(VENV
 	$(call finish,pretrain)
 
 $(call stamp,midtrain): $(call deps_of,midtrain) $(call stale,midtrain) | $(VENV_DEP)
-	$(take_lock)
+	$(call take_lock,midtrain)
 	rm -f $@ $(STAMPS)/midtrain.step
 	$(RUN_DIST) -m scripts.mid_train --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
 	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,pretrain) --num-iterations=$(MID_ITERATIONS) \
@@ -364,7 +365,7 @@ $(call stamp,midtrain): $(call deps_of,midtrain) $(call stale,midtrain) | $(VENV
 	$(call finish,midtrain)
 
 $(call stamp,sft): $(call deps_of,sft) $(call stale,sft) | $(VENV_DEP)
-	$(take_lock)
+	$(call take_lock,sft)
 	rm -f $@ $(STAMPS)/sft.step
 	$(RUN_DIST) -m scripts.chat_sft --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --source=mid \
 	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,midtrain) --num-epochs=$(SFT_EPOCHS) \
@@ -377,7 +378,7 @@ $(call stamp,sft): $(call deps_of,sft) $(call stale,sft) | $(VENV_DEP)
 
 # the report is a plain file: rebuilt whenever any stage stamp is newer
 $(REPORT): $(foreach s,$(STAGES),$(call stamp,$(s))) | $(VENV_DEP)
-	$(take_lock)
+	$(call take_lock,report)
 	$(if $(filter 0,$(NODE_RANK)),$(PY) -m nanochat.report generate,@true)
 
 # ============================================================================ the virtualenv

@@ -12,6 +12,7 @@ import argparse
 import fcntl
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,10 +127,23 @@ def cmd_lock(args) -> int:
         tmp = lock_file.with_suffix(".tmp")
         tmp.write_text(me + "\n")
         os.replace(tmp, lock_file)
+        if args.stage:
+            (base / ".stamps" / f"{args.stage}.start").write_text(f"{time.time():.3f}\n")
         return 0
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def cmd_timed(args) -> int:
+    """Record a finished stage's wall time (seconds since its lock was taken) for the report."""
+    stamps = Path(args.stamps)
+    try:
+        start = float((stamps / f"{args.stage}.start").read_text())
+    except (OSError, ValueError):
+        return 0  # timing is informative only: never fail a finished stage over it
+    (stamps / f"{args.stage}.wall").write_text(f"{time.time() - start:.1f}\n")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -143,8 +157,12 @@ def main(argv=None) -> int:
     p = sub.add_parser("lock")
     p.add_argument("base_dir")
     p.add_argument("pid", type=int)
+    p.add_argument("--stage", default="")
+    p = sub.add_parser("timed")
+    p.add_argument("stamps")
+    p.add_argument("stage")
     args = parser.parse_args(argv)
-    return {"status": cmd_status, "dag": cmd_dag, "lock": cmd_lock}[args.cmd](args)
+    return {"status": cmd_status, "dag": cmd_dag, "lock": cmd_lock, "timed": cmd_timed}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,9 @@ def _stage_params(base: Path) -> list[str]:
     for stage in ("data", "tokenizer", "pretrain", "midtrain", "sft"):
         f = stamps / f"{stage}.done"
         if f.exists():
-            out.append(f"- {stage}: `{f.read_text().strip()}`")
+            wall = stamps / f"{stage}.wall"
+            took = f" ({float(wall.read_text()):.0f} s)" if wall.exists() else ""
+            out.append(f"- {stage}{took}: `{f.read_text().strip()}`")
     return out
 
 
@@ -185,7 +187,7 @@ def generate(base_dir: Path | None = None) -> Path:
     report = Report(base_dir)
     base = report.dir.parent
     parts = ["# nanochat training report", "", f"generated: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M:%S')}",
-             "", "## Toolchain", *_toolchain(), "", "## Stage parameters (as recorded by the pipeline)",
+             "", "## Toolchain", *_toolchain(), "", "## Stage parameters and wall time (as recorded by the pipeline)",
              *(_stage_params(base) or ["(no stage stamps found)"]), "", "## Summary", *_metrics_table(report), ""]
     missing = []
     for title, stage in SECTIONS:
