@@ -33,13 +33,14 @@ WORKER = textwrap.dedent("""
     store = dist.distributed_c10d._get_default_store()
     while hasattr(store, "underlying_store"):
         store = store.underlying_store
-    print(f"RESULT rank={rank} world={world} sum={t.item():g} libuv={store.libuvBackend} "
+    print(f"\\nRESULT rank={rank} world={world} sum={t.item():g} libuv={store.libuvBackend} "
           f"argv={sys.argv[1:]} argv0={os.path.basename(sys.argv[0])} "
           f"path0={sys.path[0]}", flush=True)
     dist.destroy_process_group()
 """)
 
-RESULT = re.compile(r"RESULT rank=(\d+) world=(\d+) sum=(\S+) libuv=(\w+) argv=(.*) argv0=(\S+) path0=(\S+)")
+# non-greedy, and path0 stops before a following RESULT: two workers' lines may interleave
+RESULT = re.compile(r"RESULT rank=(\d+) world=(\d+) sum=(\S+) libuv=(\w+) argv=(.*?) argv0=(\S+?) path0=(\S+?)(?=RESULT|\s|$)")
 TRACE = re.compile(r"torchrun_no_libuv: pid=(\d+) TCPStore\((\S+), is_master=(\w+)\) libuvBackend=(\w+)")
 
 
