@@ -75,6 +75,8 @@ else ifneq ($(RDZV_ENDPOINT),)
 else
   LAUNCH_ARGS := --nnodes=$(NNODES) --node_rank=$(NODE_RANK) --nproc_per_node=$(NPROC) --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)
 endif
+# Scripts are always called as `-m scripts.X -- --flags`: torchrun would otherwise parse (and
+# mis-abbreviate: --run -> --run-path) the script's flags itself; our scripts drop the "--".
 # one process on one node: plain python (no rendezvous, faster start)
 ifeq ($(NPROC)$(NNODES),11)
   RUN_DIST ?= $(PY)
@@ -339,7 +341,7 @@ $(call stamp,tokenizer): $(call deps_of,tokenizer) $(call stale,tokenizer) | $(V
 $(call stamp,pretrain): $(call deps_of,pretrain) $(call stale,pretrain) | $(VENV_DEP)
 	$(call take_lock,pretrain)
 	rm -f $@ $(STAMPS)/pretrain.step
-	$(RUN_DIST) -m scripts.base_train --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
+	$(RUN_DIST) -m scripts.base_train -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
 	  --depth=$(DEPTH) --aspect-ratio=$(ASPECT_RATIO) --head-dim=$(HEAD_DIM) --max-seq-len=$(MAX_SEQ_LEN) \
 	  --window-pattern=$(WINDOW_PATTERN) --total-batch-size=$(TOTAL_BATCH_SIZE) --device-batch-size=$(DEVICE_BATCH_SIZE) \
 	  --num-iterations=$(NUM_ITERATIONS) --target-param-data-ratio=$(TARGET_PARAM_DATA_RATIO) \
@@ -347,33 +349,33 @@ $(call stamp,pretrain): $(call deps_of,pretrain) $(call stale,pretrain) | $(VENV
 	  --scalar-lr=$(SCALAR_LR) --weight-decay=$(WEIGHT_DECAY) --warmup-ratio=$(WARMUP_RATIO) \
 	  --warmdown-ratio=$(WARMDOWN_RATIO) --final-lr-frac=$(FINAL_LR_FRAC) --eval-tokens=$(EVAL_TOKENS) \
 	  --model-tag=$(MODEL_TAG) --resume=$(call resume_mode,pretrain) --record-output=$(STAMPS)/pretrain.step $(BASE_ARGS)
-	$(RUN_DIST) -m scripts.base_loss --device-type=$(DEVICE_TYPE) --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) \
+	$(RUN_DIST) -m scripts.base_loss -- --device-type=$(DEVICE_TYPE) --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) \
 	  --device-batch-size=$(DEVICE_BATCH_SIZE) --split-tokens=$(EVAL_TOKENS)
-	$(RUN_DIST) -m scripts.base_eval --device-type=$(DEVICE_TYPE) --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) \
+	$(RUN_DIST) -m scripts.base_eval -- --device-type=$(DEVICE_TYPE) --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) \
 	  --max-per-task=$(CORE_MAX_PER_TASK)
 	$(call finish,pretrain)
 
 $(call stamp,midtrain): $(call deps_of,midtrain) $(call stale,midtrain) | $(VENV_DEP)
 	$(call take_lock,midtrain)
 	rm -f $@ $(STAMPS)/midtrain.step
-	$(RUN_DIST) -m scripts.mid_train --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
+	$(RUN_DIST) -m scripts.mid_train -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
 	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,pretrain) --num-iterations=$(MID_ITERATIONS) \
 	  --max-seq-len=$(MAX_SEQ_LEN) --device-batch-size=$(DEVICE_BATCH_SIZE) --total-batch-size=$(MID_TOTAL_BATCH_SIZE) \
 	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
 	  --init-lr-frac=$(MID_INIT_LR_FRAC) --eval-tokens=$(MID_EVAL_TOKENS) --resume=$(call resume_mode,midtrain) --record-output=$(STAMPS)/midtrain.step $(MID_ARGS)
-	$(RUN_DIST) -m scripts.chat_eval --device-type=$(DEVICE_TYPE) -i mid -g $(MODEL_TAG) -s $(call step_of,midtrain) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
+	$(RUN_DIST) -m scripts.chat_eval -- --device-type=$(DEVICE_TYPE) -i mid -g $(MODEL_TAG) -s $(call step_of,midtrain) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
 	$(call finish,midtrain)
 
 $(call stamp,sft): $(call deps_of,sft) $(call stale,sft) | $(VENV_DEP)
 	$(call take_lock,sft)
 	rm -f $@ $(STAMPS)/sft.step
-	$(RUN_DIST) -m scripts.chat_sft --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --source=mid \
+	$(RUN_DIST) -m scripts.chat_sft -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --source=mid \
 	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,midtrain) --num-epochs=$(SFT_EPOCHS) \
 	  --num-iterations=$(SFT_ITERATIONS) --device-batch-size=$(SFT_DEVICE_BATCH_SIZE) \
 	  --target-examples-per-step=$(SFT_TARGET_EXAMPLES) --eval-steps=$(SFT_EVAL_STEPS) \
 	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
 	  --init-lr-frac=$(SFT_INIT_LR_FRAC) --resume=$(call resume_mode,sft) --record-output=$(STAMPS)/sft.step $(SFT_ARGS)
-	$(RUN_DIST) -m scripts.chat_eval --device-type=$(DEVICE_TYPE) -i sft -g $(MODEL_TAG) -s $(call step_of,sft) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
+	$(RUN_DIST) -m scripts.chat_eval -- --device-type=$(DEVICE_TYPE) -i sft -g $(MODEL_TAG) -s $(call step_of,sft) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
 	$(call finish,sft)
 
 # the report is a plain file: rebuilt whenever any stage stamp is newer

@@ -109,7 +109,14 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            # torch's zip writer reports a failed write (e.g. a full disk) as a RuntimeError
+            # ("unexpected pos ..."): name a full disk for what it is
+            if _free_bytes(path.parent) < 16 * 2 ** 20:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
+            raise
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -117,6 +124,14 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     except BaseException:
         _unlink_quietly(tmp)
         raise
+
+
+def _free_bytes(directory) -> int:
+    try:
+        st = os.statvfs(directory)
+        return st.f_bavail * st.f_frsize
+    except (OSError, AttributeError):
+        return 2 ** 62
 
 
 def _unlink_quietly(path) -> None:
@@ -198,8 +213,17 @@ def compute_init(device_type: str = "", seed: int = 42):
 
 
 def compute_cleanup() -> None:
+    """Leave the process group. On a normal exit all ranks first meet at a barrier: a rank that tears
+    gloo down while rank 0 is still saving/reporting can abort ("terminate called without an active
+    exception"). When an exception is propagating (we are called from a `finally`), no barrier: the
+    other ranks may never arrive, and torchrun stops the job anyway."""
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            try:
+                dist.barrier()
+            except Exception:
+                pass
         dist.destroy_process_group()
 
 

@@ -59,3 +59,12 @@ def test_speedrun_tiny_then_exact_suffix_rerun(tmp_path):
     res = make(base, "chat", *MICRO, "SFT_ITERATIONS=7", "PROMPT=Hello there", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip()
+
+    # the same stage with 2 gloo processes through the no-libuv launcher (torchrun must not see the
+    # scripts' flags; every rank must shut down cleanly): a new DEPTH reruns pretrain only
+    res = make(base, "pretrain", *MICRO, "DEPTH=3", "NPROC=2", "DEVICE_BATCH_SIZE=4", "USE_LIBUV=0")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert stage_modules(res.stdout) == ["base_train", "base_loss", "base_eval"]
+    assert "-m nanochat.torchrun_no_libuv --standalone --nproc_per_node=2" in res.stdout
+    assert "x 2 process(es)" in res.stdout
+    assert make(base, "-q", "pretrain", *MICRO, "DEPTH=3").returncode == 0   # NPROC is execution-only
