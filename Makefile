@@ -98,7 +98,8 @@ ifeq ($(PRESET),tiny)
   MAX_SEQ_LEN ?= 256
   WINDOW_PATTERN ?= L
   TOTAL_BATCH_SIZE ?= 4096
-  DEVICE_BATCH_SIZE ?= 16
+  # keep the 4096-token batch whole for NPROC=1, 2 or 4 (gradient accumulation does the rest)
+  DEVICE_BATCH_SIZE ?= $(if $(filter 2,$(NPROC)),8,$(if $(filter 4,$(NPROC)),4,16))
   NUM_ITERATIONS ?= 120
   EVAL_TOKENS ?= 65536
   CORE_MAX_PER_TASK ?= 50
@@ -106,7 +107,7 @@ ifeq ($(PRESET),tiny)
   MID_TOTAL_BATCH_SIZE ?= 4096
   SFT_EPOCHS ?= 1
   SFT_ITERATIONS ?= 40
-  SFT_DEVICE_BATCH_SIZE ?= 8
+  SFT_DEVICE_BATCH_SIZE ?= $(if $(filter 2,$(NPROC)),4,$(if $(filter 4,$(NPROC)),2,8))
   SFT_EVAL_STEPS ?= 8
   CHAT_EVAL_MAX ?= 20
   CHAT_MAX_NEW_TOKENS ?= 96
@@ -209,6 +210,11 @@ ifeq ($(DEVICE_TYPE),cuda)
     $(error NPROC=$(NPROC) is larger than the $(NGPUS) GPU(s) visible: set NPROC<=$(NGPUS))
   endif
 endif
+# batch sizes must divide: refused here, before any recipe removes a stamp (shell arithmetic, read-only)
+rem = $(shell echo $$(( $(1) % ($(2)) )))
+$(if $(filter 0,$(call rem,$(TOTAL_BATCH_SIZE),$(DEVICE_BATCH_SIZE)*$(MAX_SEQ_LEN)*$(NPROC)*$(NNODES))),,$(error TOTAL_BATCH_SIZE=$(TOTAL_BATCH_SIZE) is not a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN x NPROC x NNODES = $(DEVICE_BATCH_SIZE) x $(MAX_SEQ_LEN) x $(NPROC) x $(NNODES): change one of them))
+$(if $(filter 0,$(call rem,$(MID_TOTAL_BATCH_SIZE),$(DEVICE_BATCH_SIZE)*$(MAX_SEQ_LEN)*$(NPROC)*$(NNODES))),,$(error MID_TOTAL_BATCH_SIZE=$(MID_TOTAL_BATCH_SIZE) is not a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN x NPROC x NNODES = $(DEVICE_BATCH_SIZE) x $(MAX_SEQ_LEN) x $(NPROC) x $(NNODES): change one of them))
+$(if $(filter 0,$(call rem,$(SFT_TARGET_EXAMPLES),$(SFT_DEVICE_BATCH_SIZE)*$(NPROC)*$(NNODES))),,$(error SFT_TARGET_EXAMPLES=$(SFT_TARGET_EXAMPLES) is not a multiple of SFT_DEVICE_BATCH_SIZE x NPROC x NNODES = $(SFT_DEVICE_BATCH_SIZE) x $(NPROC) x $(NNODES): change one of them))
 # the base dir (or the nearest existing parent) must be writable; checked read-only
 BASE_PROBE := $(shell d='$(B)'; while [ ! -e "$$d" ] && [ "$$d" != / ]; do d=$$(dirname "$$d"); done; [ -d "$$d" ] && [ -w "$$d" ] && echo ok)
 ifneq ($(BASE_PROBE),ok)
@@ -261,7 +267,7 @@ step_of = $$(cat $(STAMPS)/$(1).step)
 
 # ============================================================================ user verbs
 .PHONY: help speedrun data tokenizer pretrain midtrain sft report chat status dag clean \
-        clean-checkpoints distclean test doctor $(addprefix redo-,$(STAGES)) FORCE
+        clean-checkpoints distclean test soak doctor $(addprefix redo-,$(STAGES)) FORCE
 
 help: ## show verbs and variables (default goal)
 	@echo "nanochat pipeline -- usage: make <verb> [VAR=value ...]"
@@ -304,6 +310,11 @@ chat: | $(VENV_DEP) ## talk to the newest SFT model (PROMPT='...' for one answer
 
 test: | $(VENV_DEP) ## run the test suite
 	$(PY) -m pytest -q tests
+
+TRIALS ?= 50
+SEED ?= 0
+soak: | $(VENV_DEP) ## fault-injection soak: kill `make speedrun` at random moments, check nothing is lost (TRIALS=50)
+	$(PY) -m bench.fault_soak --trials $(TRIALS) --seed $(SEED)
 
 doctor: | $(VENV_DEP) ## probe the toolchain: torch, CUDA, GPU, driver
 	$(PY) -m nanochat.doctor

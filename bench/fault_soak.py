@@ -77,6 +77,12 @@ TRIGGERS = {
 }
 
 
+# triggers only used when forced (tests): not in the seeded draw, so recorded soaks stay reproducible
+FORCED_TRIGGERS = {
+    "after-mid-ckpt": (r"saved checkpoint step 2 to \S*mid_checkpoints", (0.0, 0.2), None),
+}
+
+
 def log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -289,21 +295,29 @@ def _stage_in(text: str) -> str:
 
 
 def run_trial(index: int, rng: random.Random, workdir: Path, wheelhouse: Path | None, ref_s: float,
-              ref_fp: dict, keep: bool = False) -> Trial:
+              ref_fp: dict, keep: bool = False, force: tuple | None = None) -> Trial:
+    """One kill + rerun. force=(trigger name or seconds, signal) overrides the seeded choice."""
     base = workdir / f"trial{index:03d}"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     logfile = base.parent / f"trial{index:03d}.log"
     logfile.unlink(missing_ok=True)
     sig = rng.choice([signal.SIGKILL, signal.SIGINT])
-    if rng.random() < 0.5:
-        mode, at = "time", rng.uniform(0.02, 0.98) * ref_s
+    use_time = rng.random() < 0.5
+    at = rng.uniform(0.02, 0.9) * ref_s
+    name = rng.choice(sorted(TRIGGERS))
+    if force is not None:
+        sig = force[1]
+        use_time = isinstance(force[0], (int, float))
+        at, name = (force[0], None) if use_time else (None, force[0])
+    if use_time:
+        mode = "time"
         trial = Trial(index, mode, f"t={at:.1f}s", sig.name)
         trig = None
     else:
-        mode, name = "stage", rng.choice(sorted(TRIGGERS))
+        mode = "stage"
         trial = Trial(index, mode, name, sig.name)
-        trig = TRIGGERS[name]
+        trig = TRIGGERS.get(name) or FORCED_TRIGGERS[name]
         at = None
     pattern = re.compile(trig[0], re.M) if trig else None
     delay = rng.uniform(*trig[1]) if trig else 0.0
