@@ -98,8 +98,8 @@ ifeq ($(PRESET),tiny)
   MAX_SEQ_LEN ?= 256
   WINDOW_PATTERN ?= L
   TOTAL_BATCH_SIZE ?= 4096
-  # keep the 4096-token batch whole for NPROC=1, 2 or 4 (gradient accumulation does the rest)
-  DEVICE_BATCH_SIZE ?= $(if $(filter 2,$(NPROC)),8,$(if $(filter 4,$(NPROC)),4,16))
+  # split the 4096-token batch over the processes (recursive: expanded after NPROC is validated)
+  DEVICE_BATCH_SIZE ?= $(shell echo $$(( 16 / ($(NPROC) * $(NNODES)) )))
   NUM_ITERATIONS ?= 120
   EVAL_TOKENS ?= 65536
   CORE_MAX_PER_TASK ?= 50
@@ -107,7 +107,7 @@ ifeq ($(PRESET),tiny)
   MID_TOTAL_BATCH_SIZE ?= 4096
   SFT_EPOCHS ?= 1
   SFT_ITERATIONS ?= 40
-  SFT_DEVICE_BATCH_SIZE ?= $(if $(filter 2,$(NPROC)),4,$(if $(filter 4,$(NPROC)),2,8))
+  SFT_DEVICE_BATCH_SIZE ?= $(shell echo $$(( 8 / ($(NPROC) * $(NNODES)) )))
   SFT_EVAL_STEPS ?= 8
   CHAT_EVAL_MAX ?= 20
   CHAT_MAX_NEW_TOKENS ?= 96
@@ -195,7 +195,7 @@ check_number = $(if $(call is_number,$($(1))),,$(error $(1)=$($(1)) must be a nu
 check_noquote = $(if $(findstring ',$($(1))),$(error $(1) must not contain a single quote))
 
 ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
-$(foreach v,DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE MID_EVAL_TOKENS SFT_EPOCHS SFT_DEVICE_BATCH_SIZE SFT_TARGET_EXAMPLES SFT_EVAL_STEPS CHAT_MAX_NEW_TOKENS NPROC NNODES,$(call check_posint,$(v),4))
+$(foreach v,NPROC NNODES DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE MID_EVAL_TOKENS SFT_EPOCHS SFT_DEVICE_BATCH_SIZE SFT_TARGET_EXAMPLES SFT_EVAL_STEPS CHAT_MAX_NEW_TOKENS,$(call check_posint,$(v),4))
 $(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK,$(call check_int,$(v)))
 $(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC,$(call check_number,$(v),0.02))
 $(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS WANDB_RUN MODEL_TAG NANOCHAT_BASE_DIR,$(call check_noquote,$(v)))

@@ -134,7 +134,7 @@ def test_3_touch_and_checkout_of_sources_rerun_nothing(pipe):
 
 def test_4_execution_only_changes_rerun_nothing(pipe):
     pipe.built()
-    exec_only = ["NPROC=2", "DEVICE_BATCH_SIZE=3", "WANDB_RUN=myrun", "DEVICE_TYPE=cpu"]
+    exec_only = ["NPROC=2", "DEVICE_BATCH_SIZE=2", "SFT_DEVICE_BATCH_SIZE=1", "WANDB_RUN=myrun", "DEVICE_TYPE=cpu"]
     assert pipe.make("-q", "speedrun", *exec_only).returncode == 0
     pipe.make("speedrun", *exec_only, check=True)
     assert pipe.calls() == []
