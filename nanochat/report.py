@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
@@ -88,7 +89,7 @@ class Report:
 def svg_line_plot(xs, ys, title, ylabel, width=640, height=360) -> str:
     pad_l, pad_r, pad_t, pad_b = 60, 20, 30, 40
     x0, x1 = min(xs), max(xs)
-    finite = [y for y in ys if y == y and abs(y) != float("inf")]
+    finite = [y for y in ys if math.isfinite(y)]
     y0, y1 = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if x1 == x0:
         x1 = x0 + 1
@@ -101,7 +102,7 @@ def svg_line_plot(xs, ys, title, ylabel, width=640, height=360) -> str:
     def sy(y):
         return height - pad_b - (y - y0) / (y1 - y0) * (height - pad_t - pad_b)
 
-    pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys) if y in finite or y == y)
+    pts = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(xs, ys) if math.isfinite(y))
     ticks = []
     for i in range(5):
         yv = y0 + (y1 - y0) * i / 4
