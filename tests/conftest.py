@@ -22,6 +22,17 @@ def base_dir(tmp_path, monkeypatch):
     return d
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: with 2 OpenMP threads on a 2-core box that is also busy, spin-waiting makes
+    these tests ~50x slower; one thread is fastest and predictable."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def repo_root():
     return ROOT

@@ -10,14 +10,7 @@ import nanochat.gpt as G
 from nanochat.gpt import GPT, GPTConfig, KVCache
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: with 2 OpenMP threads on a 2-core box that is also busy, spin-waiting makes
-    these tests ~50x slower; one thread is fastest and predictable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**kw) -> GPTConfig:

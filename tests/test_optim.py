@@ -11,14 +11,7 @@ import torch.multiprocessing as mp
 from nanochat.optim import DistAdamW, DistMuon, Muon, lr_multiplier, muon_momentum, orthogonalize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: with 2 OpenMP threads on a 2-core box that is also busy, spin-waiting makes
-    these tests ~50x slower; one thread is fastest and predictable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- schedules

@@ -97,10 +97,6 @@ class Pipeline:
         return out
 
 
-def dry_modules(stdout: str) -> list[str]:
-    return stage_modules(stdout)
-
-
 # ----------------------------------------------------------------------------- 1, 2
 
 def test_1_clean_build_runs_every_stage_once_in_order(pipe):
@@ -115,7 +111,7 @@ def test_1_clean_build_runs_every_stage_once_in_order(pipe):
 def test_2_null_build_does_nothing(pipe):
     pipe.built()
     assert pipe.make("-q", "speedrun").returncode == 0
-    assert dry_modules(pipe.make("-n", "speedrun").stdout) == []
+    assert stage_modules(pipe.make("-n", "speedrun").stdout) == []
     assert pipe.make("speedrun").returncode == 0
     assert pipe.calls() == []
 
@@ -167,7 +163,7 @@ def test_14_code_changes_are_opt_in(pipe):
 def test_5_6_7_10_param_change_reruns_exactly_the_suffix(pipe, change, expected):
     pipe.built()
     assert pipe.make("-q", "speedrun", change).returncode == 1
-    dry = dry_modules(pipe.make("-n", "speedrun", change).stdout)
+    dry = stage_modules(pipe.make("-n", "speedrun", change).stdout)
     pipe.make("speedrun", change, check=True)
     assert pipe.calls() == expected
     assert dry == expected                                       # 10: make -n tells the truth
@@ -194,7 +190,7 @@ def test_10_dry_run_matches_real_run_for_random_perturbations(pipe):
     pipe.built()
     for _ in range(6):
         change = [f"{k}={rng.choice(v)}" for k, v in knobs.items() if rng.random() < 0.4]
-        dry = dry_modules(pipe.make("-n", "speedrun", *change).stdout)
+        dry = stage_modules(pipe.make("-n", "speedrun", *change).stdout)
         pipe.make("speedrun", *change, check=True)
         assert pipe.calls() == dry, change
         pipe.reset_log()
@@ -287,7 +283,7 @@ def test_13_downstream_stages_get_explicit_tag_and_step(pipe):
 
 def test_redo_forces_one_stage_and_its_descendants_fresh(pipe):
     pipe.built()
-    dry = dry_modules(pipe.make("-n", "redo-midtrain").stdout)
+    dry = stage_modules(pipe.make("-n", "redo-midtrain").stdout)
     pipe.make("redo-midtrain", check=True)
     assert pipe.calls() == FROM_MIDTRAIN == dry
     assert "--resume=fresh" in pipe.call_args("mid_train")[0]

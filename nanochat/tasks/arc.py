@@ -45,7 +45,6 @@ def normalise_arc_row(row: dict) -> tuple[str, list[str], int] | None:
     return q, choices, gold
 
 
-_olmes_docs = olmes_docs  # shared reader: nanochat.offline.olmes_docs
 
 
 class ARC(Task):
@@ -83,7 +82,7 @@ class ARC(Task):
                     except sources.Skip as exc:
                         errors.append(str(exc))
                         continue
-                    return _olmes_docs(data), f"offline:{pkg[0]}=={pkg[1]} ({subset} {hf_split}, CC-BY-SA-4.0)"
+                    return olmes_docs(data), f"offline:{pkg[0]}=={pkg[1]} ({subset} {hf_split}, CC-BY-SA-4.0)"
                 raise sources.Skip("; ".join(errors))
 
             loaders.append(from_pkg)
