@@ -169,6 +169,11 @@ CHAT_MAX_NEW_TOKENS ?= 512
 MODEL_TAG ?= d$(DEPTH)
 # execution-only knobs: never make a stage stale
 WANDB_RUN ?= dummy
+# verbs' own knobs: `make chat PROMPT=...`, `make soak TRIALS= SEED=`, `make distclean CONFIRM=yes`
+PROMPT ?=
+CONFIRM ?=
+TRIALS ?= 50
+SEED ?= 0
 SFT_DEVICE_BATCH_SIZE ?= 4
 # free-form per-stage flags (semantic: they are recorded in the stamps)
 DATA_ARGS ?=
@@ -275,13 +280,13 @@ help: ## show verbs and variables (default goal)
 	@grep -hE '^[a-z][a-zA-Z_%-]*:.*## ' $(firstword $(MAKEFILE_LIST)) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-18s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (current values; set on the command line or in the environment):"
-	@$(foreach v,NANOCHAT_BASE_DIR PRESET DEVICE_TYPE NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT USE_LIBUV \
+	@$(foreach v,NANOCHAT_BASE_DIR PRESET DEVICE_TYPE NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_ENDPOINT USE_LIBUV \
 	   DATA_SOURCE DATA_SHARDS VOCAB_SIZE TOK_MAX_CHARS TOK_DOC_CAP DEPTH ASPECT_RATIO HEAD_DIM MAX_SEQ_LEN \
 	   WINDOW_PATTERN TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE NUM_ITERATIONS TARGET_PARAM_DATA_RATIO EMBEDDING_LR \
 	   UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC EVAL_TOKENS \
 	   CORE_MAX_PER_TASK MID_ITERATIONS MID_TOTAL_BATCH_SIZE MID_INIT_LR_FRAC SFT_EPOCHS SFT_ITERATIONS \
 	   SFT_INIT_LR_FRAC SFT_TARGET_EXAMPLES SFT_DEVICE_BATCH_SIZE SFT_EVAL_STEPS MID_EVAL_TOKENS CHAT_EVAL_MAX CHAT_MAX_NEW_TOKENS MODEL_TAG WANDB_RUN DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS TRACK_CODE \
-	   TORCH_SPEC PY,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
+	   TORCH_SPEC PIP_EXTRA VENV PY PROMPT TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
 	@echo
 	@echo "Semantic variables make their stage (and what follows) stale; NPROC, DEVICE_BATCH_SIZE,"
 	@echo "DEVICE_TYPE and WANDB_RUN never do. See README.md, 'The pipeline'."
@@ -311,8 +316,6 @@ chat: | $(VENV_DEP) ## talk to the newest SFT model (PROMPT='...' for one answer
 test: | $(VENV_DEP) ## run the test suite
 	$(PY) -m pytest -q tests
 
-TRIALS ?= 50
-SEED ?= 0
 soak: | $(VENV_DEP) ## fault-injection soak: kill `make speedrun` at random moments, check nothing is lost (TRIALS=50)
 	$(PY) -m bench.fault_soak --trials $(TRIALS) --seed $(SEED)
 
@@ -333,7 +336,6 @@ distclean: ## delete EVERYTHING under NANOCHAT_BASE_DIR and .venv (needs CONFIRM
 	@if [ "$(CONFIRM)" != yes ]; then echo "nothing deleted: rerun as \`make distclean CONFIRM=yes\`"; exit 1; fi
 	@case '$(B)' in ''|/|$(HOME)) echo "refusing to delete '$(B)'" >&2; exit 1;; esac
 	rm -rf -- '$(B)' '$(VENV)'
-CONFIRM ?=
 
 # ============================================================================ the stages
 $(call stamp,data): $(call deps_of,data) $(call stale,data) | $(VENV_DEP)
