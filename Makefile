@@ -1,11 +1,12 @@
 # nanochat pipeline: data -> tokenizer -> pretrain -> midtrain -> sft -> report
 #
 # Every stage is a FILE target: a stamp in $(STAMPS) written last, only when the stage succeeded,
-# whose CONTENT is the stage's semantic parameters. At parse time each stamp's recorded parameters
-# are compared with the requested ones; a difference adds the FORCE prerequisite (see `stale`).
-# So a parameter change reruns exactly the stages that consume it (and, through the stamps' mtimes,
-# everything downstream), while `touch`, checkout, NPROC or batch-size changes rerun nothing, and
-# `make -n`/`-q` stay truthful and side-effect free. `make help` lists verbs and variables.
+# whose CONTENT is the stage's semantic parameters plus the ids of the upstream stamps it was built
+# on. At parse time each stamp is compared with what is requested now; a difference adds the FORCE
+# prerequisite (see `stale`), and a stale stage makes everything downstream stale. So a parameter
+# change reruns exactly the stages that consume it and what follows, while `touch`, checkout, clock
+# steps, NPROC or batch-size changes rerun nothing (no decision reads an mtime), and `make -n`/`-q`
+# stay truthful and side-effect free. `make help` lists verbs and variables.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -246,14 +247,31 @@ tokenizer_deps := data
 pretrain_deps := data tokenizer
 midtrain_deps := pretrain
 sft_deps      := midtrain
+report_deps   := $(STAGES)
+report_params :=
 stamp = $(STAMPS)/$(1).done
 deps_of = $(foreach d,$($(1)_deps),$(call stamp,$(d)))
 
-# `make redo-<stage>` forces that stage (and, through its new stamp, everything after it)
+# `make redo-<stage>` forces that stage (and everything after it)
 REDO := $(patsubst redo-%,%,$(filter redo-%,$(MAKECMDGOALS)))
 $(foreach s,$(REDO),$(if $(filter $(s),$(STAGES)),,$(error redo-$(s): unknown stage; stages are: $(STAGES))))
-# FORCE iff the stamp records other parameters than those requested (or the stage is redone)
-stale = $(if $(filter $(1),$(REDO)),FORCE,$(if $(call eq,$(file <$(call stamp,$(1))),$($(1)_params)),,FORCE))
+
+# Staleness is decided on stamp CONTENT, never on mtimes (a touch, a checkout or a clock step must
+# neither trigger nor hide a rerun). A stamp reads  <params>|after=<dep>@<id>,...|id=<id>:  the
+# semantic parameters used, the ids of the upstream stamps it was built on, and its own fresh id.
+# A stage is stale iff it is redone, an upstream stage is stale (it will rerun first), its stamp is
+# missing, or the stamp records other parameters or other upstream ids than there are now.
+comma := ,
+empty :=
+space := $(empty) $(empty)
+# (stamps are written without a final newline and compared stripped: GNU make 4.3's `$(file <)`
+# sometimes leaves the newline it should drop in the expansion, depending on buffer state)
+stamp_text = $(strip $(file <$(call stamp,$(1))))
+stamp_id = $(lastword $(subst |id=, ,$(call stamp_text,$(1))))
+# what $(1)'s stamp must say, less its own id; expanded in a recipe it reads the upstream ids then
+record = $($(1)_params)|after=$(subst $(space),$(comma),$(strip $(foreach d,$($(1)_deps),$(d)@$(call stamp_id,$(d)))))
+is_stale = $(strip $(or $(filter $(1),$(REDO)),$(strip $(foreach d,$($(1)_deps),$(call is_stale,$(d)))),$(if $(call stamp_text,$(1)),$(if $(call eq,$(strip $(subst |id=$(call stamp_id,$(1)),,$(call stamp_text,$(1)))),$(strip $(call record,$(1)))),,y),y)))
+stale = $(if $(call is_stale,$(1)),FORCE)
 # how a long stage treats existing checkpoints: resume if compatible, unless forced
 resume_mode = $(if $(filter $(1),$(REDO)),fresh,auto)
 # quote a make value for the shell
@@ -264,9 +282,9 @@ q = '$(subst ','\'',$(1))'
 # died (kill -9) is stale and is taken over. $$PPID in a recipe shell is make itself.
 # It also notes the stage's start time, so `finish` can record its wall time for the report.
 take_lock = @$(SYSTEM_PYTHON) -m nanochat.pipeline lock $(call q,$(B)) $$PPID --stage $(1)
-# record the parameters actually used, atomically, after the stage succeeded (node 0 only)
+# after the stage succeeded: write its stamp (record + a fresh id) atomically, and its wall time
 define finish
-$(if $(filter 0,$(NODE_RANK)),@$(SYSTEM_PYTHON) -m nanochat.pipeline timed $(call q,$(STAMPS)) $(1) && printf '%s\n' $(call q,$($(1)_params)) > $(call stamp,$(1)).tmp && mv -f $(call stamp,$(1)).tmp $(call stamp,$(1)),@true)
+$(if $(filter 0,$(NODE_RANK)),@$(SYSTEM_PYTHON) -m nanochat.pipeline finish $(call q,$(STAMPS)) $(1) $(call q,$(call record,$(1))),@true)
 endef
 step_of = $$(cat $(STAMPS)/$(1).step)
 
@@ -304,7 +322,7 @@ $(addprefix redo-,$(STAGES)): $(REPORT)
 
 status: ## each stage: up to date, or stale and why (never writes anything)
 	@$(SYSTEM_PYTHON) -m nanochat.pipeline status --stamps $(call q,$(STAMPS)) \
-	  $(foreach s,$(STAGES),--stage $(call q,$(s)|$($(s)_deps)|$($(s)_params)))
+	  $(foreach s,$(STAGES) report,--stage $(call q,$(s)|$($(s)_deps)|$($(s)_params)))
 
 dag: ## print the stage graph (Mermaid)
 	@$(SYSTEM_PYTHON) -m nanochat.pipeline dag $(foreach s,$(STAGES),--stage $(call q,$(s)|$($(s)_deps)|))
@@ -338,20 +356,20 @@ distclean: ## delete EVERYTHING under NANOCHAT_BASE_DIR and .venv (needs CONFIRM
 	rm -rf -- '$(B)' '$(VENV)'
 
 # ============================================================================ the stages
-$(call stamp,data): $(call deps_of,data) $(call stale,data) | $(VENV_DEP)
+$(call stamp,data): $(call stale,data) | $(call deps_of,data) $(VENV_DEP)
 	$(call take_lock,data)
 	rm -f $@
 	$(PY) -m nanochat.dataset -n $(DATA_SHARDS) --source $(DATA_SOURCE) $(DATA_ARGS)
 	$(call finish,data)
 
-$(call stamp,tokenizer): $(call deps_of,tokenizer) $(call stale,tokenizer) | $(VENV_DEP)
+$(call stamp,tokenizer): $(call stale,tokenizer) | $(call deps_of,tokenizer) $(VENV_DEP)
 	$(call take_lock,tokenizer)
 	rm -f $@
 	$(PY) -m scripts.tok_train --max-chars=$(TOK_MAX_CHARS) --doc-cap=$(TOK_DOC_CAP) --vocab-size=$(VOCAB_SIZE) $(TOK_ARGS)
 	$(PY) -m scripts.tok_eval
 	$(call finish,tokenizer)
 
-$(call stamp,pretrain): $(call deps_of,pretrain) $(call stale,pretrain) | $(VENV_DEP)
+$(call stamp,pretrain): $(call stale,pretrain) | $(call deps_of,pretrain) $(VENV_DEP)
 	$(call take_lock,pretrain)
 	rm -f $@ $(STAMPS)/pretrain.step
 	$(RUN_DIST) -m scripts.base_train -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
@@ -368,7 +386,7 @@ $(call stamp,pretrain): $(call deps_of,pretrain) $(call stale,pretrain) | $(VENV
 	  --max-per-task=$(CORE_MAX_PER_TASK)
 	$(call finish,pretrain)
 
-$(call stamp,midtrain): $(call deps_of,midtrain) $(call stale,midtrain) | $(VENV_DEP)
+$(call stamp,midtrain): $(call stale,midtrain) | $(call deps_of,midtrain) $(VENV_DEP)
 	$(call take_lock,midtrain)
 	rm -f $@ $(STAMPS)/midtrain.step
 	$(RUN_DIST) -m scripts.mid_train -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
@@ -379,7 +397,7 @@ $(call stamp,midtrain): $(call deps_of,midtrain) $(call stale,midtrain) | $(VENV
 	$(RUN_DIST) -m scripts.chat_eval -- --device-type=$(DEVICE_TYPE) -i mid -g $(MODEL_TAG) -s $(call step_of,midtrain) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
 	$(call finish,midtrain)
 
-$(call stamp,sft): $(call deps_of,sft) $(call stale,sft) | $(VENV_DEP)
+$(call stamp,sft): $(call stale,sft) | $(call deps_of,sft) $(VENV_DEP)
 	$(call take_lock,sft)
 	rm -f $@ $(STAMPS)/sft.step
 	$(RUN_DIST) -m scripts.chat_sft -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --source=mid \
@@ -391,19 +409,20 @@ $(call stamp,sft): $(call deps_of,sft) $(call stale,sft) | $(VENV_DEP)
 	$(RUN_DIST) -m scripts.chat_eval -- --device-type=$(DEVICE_TYPE) -i sft -g $(MODEL_TAG) -s $(call step_of,sft) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
 	$(call finish,sft)
 
-# the report is a plain file: rebuilt whenever any stage stamp is newer
-$(REPORT): $(foreach s,$(STAGES),$(call stamp,$(s))) | $(VENV_DEP)
+# the report: rebuilt when it is missing or any stage was rebuilt since (its stamp records their ids)
+$(REPORT): $(call stale,report) | $(call deps_of,report) $(VENV_DEP)
 	$(call take_lock,report)
-	$(if $(filter 0,$(NODE_RANK)),$(PY) -m nanochat.report generate,@true)
+	$(if $(filter 0,$(NODE_RANK)),$(PY) -m nanochat.report generate)
+	$(call finish,report)
 
 # ============================================================================ the virtualenv
 # Content-tracked like a stage: reinstalled when pyproject.toml's content or TORCH_SPEC changes.
 venv_params := torch=$(TORCH_SPEC);pip_extra=$(PIP_EXTRA);pyproject=$(firstword $(shell sha256sum pyproject.toml 2>/dev/null))
-$(VENV)/.installed: $(if $(call eq,$(file <$(VENV)/.installed),$(venv_params)),,FORCE)
+$(VENV)/.installed: $(if $(call eq,$(strip $(file <$(VENV)/.installed)),$(strip $(venv_params))),,FORCE)
 	@echo "bootstrapping $(VENV) with $(TORCH_SPEC) (see TORCH_SPEC in README.md)"
 	rm -f $@
 	$(SYSTEM_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) '$(TORCH_SPEC)'
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) -e '.[test]'
-	@printf '%s\n' $(call q,$(venv_params)) > $@.tmp && mv -f $@.tmp $@
+	@printf '%s' $(call q,$(venv_params)) > $@.tmp && mv -f $@.tmp $@

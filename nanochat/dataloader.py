@@ -523,8 +523,18 @@ class DataLoader:
         self._event.record()
         return self._dev[:n].view(B, t), self._dev[n:2 * n].view(B, t)
 
-    def close(self):
+    def close(self, timeout: float = 30.0):
+        """Stop and join the producer. Joining matters: a daemon thread still inside pyarrow/torch C++
+        code when the interpreter exits can abort the process ("terminate called without an active
+        exception") after a clean error message, turning exit code 2 into SIGABRT."""
         self._stop.set()
+        self._drain()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._drain()
+
+    def _drain(self):
         if self._queue is not None:
             try:
                 while True:

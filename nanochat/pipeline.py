@@ -1,16 +1,23 @@
-"""Helpers the Makefile calls: `status` (why is a stage stale), `dag` (Mermaid graph), `lock`.
+"""Helpers the Makefile calls: `status` (why is a stage stale), `dag` (Mermaid graph), `lock`,
+`finish` (write a stage's stamp).
 
 Standard library only and never imports torch: `make status` must answer instantly and must
 never create or modify anything under the base dir (it only reads the stamps).
 
 A stage is given to `status`/`dag` as "name|dep1 dep2|k1=v1;k2=v2" — the same lists and parameter
 strings the Makefile's rules use, so there is a single definition of the DAG (the Makefile's).
+
+A stamp (`<stage>.done`) is one line, `<params>|after=<dep>@<id>,...|id=<id>`: the semantic
+parameters the stage ran with, the ids of the upstream stamps it was built on, and a fresh id of its
+own. Staleness is decided on this content alone (never on mtimes), by make at parse time and, with
+the same rule, by `evaluate` below.
 """
 from __future__ import annotations
 
 import argparse
 import fcntl
 import os
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,26 +55,44 @@ def param_changes(recorded: str, requested: str) -> list[str]:
     return changes
 
 
+@dataclass
+class StampRecord:
+    params: str
+    after: dict[str, str]   # upstream stage -> the id of its stamp this stage was built on
+    id: str
+
+
+def read_stamp(path: Path) -> StampRecord | None:
+    """The parsed stamp, or None when there is none."""
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    body, sep, stamp_id = text.rpartition("|id=")
+    if not sep:  # not a stamp this version wrote: treated as recording nothing usable
+        return StampRecord(params=text, after={}, id="")
+    params, _, after = body.rpartition("|after=")
+    deps = dict(item.split("@", 1) for item in after.split(",") if "@" in item)
+    return StampRecord(params=params, after=deps, id=stamp_id)
+
+
 def evaluate(stages: list[Stage], stamps: Path) -> list[Stage]:
-    """Fill in each stage's reasons for being stale, mirroring make's decision."""
+    """Fill in each stage's reasons for being stale, mirroring make's decision (Makefile `is_stale`)."""
     by_name = {s.name: s for s in stages}
-    mtimes: dict[str, float] = {}
+    records = {s.name: read_stamp(stamps / f"{s.name}.done") for s in stages}
     for s in stages:  # stages arrive in DAG order
-        stamp = stamps / f"{s.name}.done"
-        if not stamp.exists():
-            s.reasons.append("never built (no completion stamp)" if not (stamps / f"{s.name}.done.tmp").exists()
-                             else "interrupted (no completion stamp)")
-        else:
-            recorded = stamp.read_text().rstrip("\n")
-            if recorded != s.params:
-                s.reasons += [f"parameter {c}" for c in param_changes(recorded, s.params)] or ["parameters changed"]
-            mtimes[s.name] = stamp.stat().st_mtime
+        rec = records[s.name]
+        if rec is None:
+            s.reasons.append("started but never finished (failed or interrupted)"
+                             if (stamps / f"{s.name}.start").exists() else "never built (no completion stamp)")
+        elif rec.params != s.params:
+            s.reasons += [f"parameter {c}" for c in param_changes(rec.params, s.params)] or ["parameters changed"]
         for d in s.deps:
-            dep = by_name.get(d)
+            dep, dep_rec = by_name.get(d), records.get(d)
             if dep is not None and dep.reasons:
                 s.reasons.append(f"upstream stage '{d}' will rerun")
-            elif d in mtimes and s.name in mtimes and mtimes[d] > mtimes[s.name]:
-                s.reasons.append(f"upstream stage '{d}' was rebuilt after it")
+            elif rec is not None and dep_rec is not None and rec.after.get(d) != dep_rec.id:
+                s.reasons.append(f"upstream stage '{d}' was rebuilt since")
     return stages
 
 
@@ -135,14 +160,26 @@ def cmd_lock(args) -> int:
         os.close(fd)
 
 
-def cmd_timed(args) -> int:
-    """Record a finished stage's wall time (seconds since its lock was taken) for the report."""
+def cmd_finish(args) -> int:
+    """A stage succeeded: record its wall time for the report, then write its stamp atomically.
+
+    The stamp gets a fresh random id, so downstream stamps (which record it) go stale even when a
+    redo reran this stage with unchanged parameters."""
     stamps = Path(args.stamps)
+    start_file = stamps / f"{args.stage}.start"
     try:
-        start = float((stamps / f"{args.stage}.start").read_text())
+        start = float(start_file.read_text())
+        (stamps / f"{args.stage}.wall").write_text(f"{time.time() - start:.1f}\n")
     except (OSError, ValueError):
-        return 0  # timing is informative only: never fail a finished stage over it
-    (stamps / f"{args.stage}.wall").write_text(f"{time.time() - start:.1f}\n")
+        pass  # timing is informative only: never fail a finished stage over it
+    stamp = stamps / f"{args.stage}.done"
+    tmp = stamp.with_name(stamp.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(f"{args.record}|id={secrets.token_hex(8)}")  # no final newline: see Makefile `stamp_text`
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, stamp)
+    start_file.unlink(missing_ok=True)
     return 0
 
 
@@ -158,11 +195,12 @@ def main(argv=None) -> int:
     p.add_argument("base_dir")
     p.add_argument("pid", type=int)
     p.add_argument("--stage", default="")
-    p = sub.add_parser("timed")
+    p = sub.add_parser("finish")
     p.add_argument("stamps")
     p.add_argument("stage")
+    p.add_argument("record", help="the stamp's content less its id (the Makefile's `record`)")
     args = parser.parse_args(argv)
-    return {"status": cmd_status, "dag": cmd_dag, "lock": cmd_lock, "timed": cmd_timed}[args.cmd](args)
+    return {"status": cmd_status, "dag": cmd_dag, "lock": cmd_lock, "finish": cmd_finish}[args.cmd](args)
 
 
 if __name__ == "__main__":

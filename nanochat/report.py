@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from nanochat.common import atomic_write_text, get_base_dir, is_rank0
+from nanochat.pipeline import read_stamp
 
 # Section titles in pipeline order: (title, stage that writes it).
 SECTIONS = [
@@ -161,11 +162,11 @@ def _stage_params(base: Path) -> list[str]:
     stamps = base / ".stamps"
     out = []
     for stage in ("data", "tokenizer", "pretrain", "midtrain", "sft"):
-        f = stamps / f"{stage}.done"
-        if f.exists():
+        rec = read_stamp(stamps / f"{stage}.done")
+        if rec is not None:
             wall = stamps / f"{stage}.wall"
             took = f" ({float(wall.read_text()):.0f} s)" if wall.exists() else ""
-            out.append(f"- {stage}{took}: `{f.read_text().strip()}`")
+            out.append(f"- {stage}{took}: `{rec.params}`")
     return out
 
 

@@ -128,6 +128,43 @@ def test_3_touch_and_checkout_of_sources_rerun_nothing(pipe):
     assert pipe.calls() == []
 
 
+def test_3_stamp_mtimes_and_clock_steps_decide_nothing(pipe):
+    """Upstream stamps in the future, downstream ones (and the report) in the past: still a null build."""
+    pipe.built()
+    now = time.time()
+    for i, stage in enumerate(["data", "tokenizer", "pretrain", "midtrain", "sft", "report"]):
+        t = now + 3600 * (3 - i)                      # each stamp older than the one before it
+        os.utime(pipe.base / ".stamps" / f"{stage}.done", (t, t))
+    os.utime(pipe.base / "report" / "report.md", (now - 86400, now - 86400))
+    assert pipe.make("-q", "speedrun").returncode == 0
+    pipe.make("speedrun", check=True)
+    assert pipe.calls() == []
+
+
+def test_3_upstream_rebuilt_alone_makes_downstream_stale_whatever_the_clock(pipe):
+    """`make pretrain DEPTH=6` alone, its stamp then dated a day back: midtrain, sft, report still rerun
+    (their stamps record the id of the pretrain stamp they were built on), pretrain does not."""
+    pipe.built()
+    pipe.make("pretrain", "DEPTH=6", check=True)
+    assert pipe.calls() == ["base_train", "base_loss", "base_eval"]
+    pipe.reset_log()
+    old = time.time() - 86400
+    os.utime(pipe.base / ".stamps" / "pretrain.done", (old, old))
+    assert "upstream stage 'pretrain' was rebuilt since" in pipe.make("status", "DEPTH=6").stdout
+    pipe.make("speedrun", "DEPTH=6", check=True)
+    assert pipe.calls() == FROM_MIDTRAIN
+
+
+@pytest.mark.parametrize("pad", list(range(1, 200, 13)))
+def test_2_null_build_is_null_for_any_base_dir_path(repo, tmp_path, pad):
+    """Stamp comparison must not depend on string lengths (GNU make 4.3's `$(file <)` once leaked its
+    final newline depending on buffer state, which made a stage look stale on some paths only)."""
+    pipe = Pipeline(repo, tmp_path / ("b" * pad) / "base")
+    pipe.built(TRACK_CODE=1)
+    pipe.make("speedrun", "TRACK_CODE=1", check=True)
+    assert pipe.calls() == []
+
+
 def test_4_execution_only_changes_rerun_nothing(pipe):
     pipe.built()
     exec_only = ["NPROC=2", "DEVICE_BATCH_SIZE=2", "SFT_DEVICE_BATCH_SIZE=1", "WANDB_RUN=myrun", "DEVICE_TYPE=cpu"]
