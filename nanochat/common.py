@@ -141,6 +141,28 @@ def _unlink_quietly(path) -> None:
         pass
 
 
+class IncompleteBody(OSError):
+    """An HTTP body shorter (or longer) than its Content-Length: worth retrying."""
+
+
+def stream_to_file(resp, out, hasher=None, chunk_size: int = 1 << 20) -> int:
+    """Copy an HTTP response body into the open binary file `out` in chunks (never all in memory),
+    feeding `hasher` if given; flush and fsync, so a completed download survives a crash before the
+    caller renames it into place. Returns the bytes written."""
+    expected = resp.headers.get("Content-Length")
+    written = 0
+    while chunk := resp.read(chunk_size):
+        out.write(chunk)
+        if hasher is not None:
+            hasher.update(chunk)
+        written += len(chunk)
+    out.flush()
+    os.fsync(out.fileno())
+    if expected is not None and expected.isdigit() and int(expected) != written:
+        raise IncompleteBody(f"incomplete body: {written} of {expected} bytes")
+    return written
+
+
 # ----------------------------------------------------------------------------- distributed
 
 def dist_env() -> tuple[bool, int, int, int]:

@@ -54,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
-from nanochat.common import UserError, atomic_write_text, get_base_dir
+from nanochat.common import UserError, atomic_write_text, get_base_dir, stream_to_file
 
 DEFAULT_DATA_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 MAX_SHARD_INDEX = 1822                     # last shard of FineWeb-Edu-100B shuffle = our validation shard
@@ -181,23 +181,11 @@ class DownloadError(Exception):
 
 def _fetch_to(url: str, fd: int, timeout: float) -> int:
     req = urllib.request.Request(url, headers={"User-Agent": "nanochat-dataset/1"})
-    written = 0
     with os.fdopen(fd, "wb", closefd=False) as out:
         out.seek(0)
         out.truncate()
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            expected = resp.headers.get("Content-Length")
-            while True:
-                chunk = resp.read(1 << 20)
-                if not chunk:
-                    break
-                out.write(chunk)
-                written += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    if expected is not None and expected.isdigit() and int(expected) != written:
-        raise DownloadError(f"incomplete body: {written} of {expected} bytes")
-    return written
+            return stream_to_file(resp, out)
 
 
 def download_shard(url: str, dest: Path, retries: int = 5, backoff: float = 2.0,
@@ -563,7 +551,7 @@ def prepare(n: int | None = None, source: str | None = None, workers: int = 4, d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Fill $NANOCHAT_BASE_DIR/base_data with pretraining shards "
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Fill $NANOCHAT_BASE_DIR/base_data with pretraining shards "
                                      "(N train shards + 1 validation shard).")
     parser.add_argument("-n", "--num-shards", type=int, default=None,
                         help="training shards wanted (+1 validation shard); default 8 for a URL, all for "

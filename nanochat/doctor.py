@@ -246,7 +246,7 @@ def render(info: dict, brief: bool) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nanochat.doctor", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python -m nanochat.doctor", description=__doc__.splitlines()[0])
     p.add_argument("--brief", action="store_true", help="a few lines only")
     p.add_argument("--strict", action="store_true", help="exit 1 if there is any WARNING")
     args = p.parse_args(argv)

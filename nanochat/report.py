@@ -210,7 +210,7 @@ def generate(base_dir: Path | None = None) -> Path:
 
 def main() -> None:
     import argparse
-    parser = argparse.ArgumentParser(description="Assemble report/report.md from the per-stage sections")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Assemble report/report.md from the per-stage sections")
     parser.add_argument("command", choices=["generate"])
     args = parser.parse_args()
     if args.command == "generate":

@@ -20,7 +20,7 @@ SECTION = "Base model evaluation"
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="CORE evaluation of a base checkpoint")
+    ap = argparse.ArgumentParser(allow_abbrev=False, description="CORE evaluation of a base checkpoint")
     ap.add_argument("--model-tag", default=None, help="base_checkpoints/<tag> (default: the only one there)")
     ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest complete)")
     ap.add_argument("--max-per-task", type=int, default=-1,

@@ -23,7 +23,7 @@ PROMPTS = ["The capital of France is", "The chemical symbol of gold is", "If yes
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Evaluate a base checkpoint's bits per byte and show samples")
+    p = argparse.ArgumentParser(allow_abbrev=False, description="Evaluate a base checkpoint's bits per byte and show samples")
     p.add_argument("--model-tag", default="", help="base model tag (default: the only one)")
     p.add_argument("--step", type=int, default=-1, help="checkpoint step (-1 = newest complete)")
     p.add_argument("--device-batch-size", type=int, default=32, help="rows per forward pass per process")

@@ -26,7 +26,7 @@ SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Pretrain the base model")
+    p = argparse.ArgumentParser(allow_abbrev=False, description="Pretrain the base model")
     tr.add_run_args(p)
     g = p.add_argument_group("model")
     g.add_argument("--depth", type=int, default=20, help="number of transformer layers")

@@ -29,7 +29,7 @@ SECTIONS = {"base": "Chat evaluation base", "mid": "Chat evaluation mid", "sft":
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description="Evaluate a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee")
+    ap = argparse.ArgumentParser(allow_abbrev=False, description="Evaluate a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee")
     ap.add_argument("-i", "--source", choices=["base", "mid", "sft"], default="sft", help="which checkpoints")
     ap.add_argument("-a", "--task-name", default=None,
                     help=f"tasks separated by | or , (default: all of {', '.join(ALL_TASKS)})")

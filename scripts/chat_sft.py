@@ -20,7 +20,7 @@ from nanochat import training as tr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Supervised fine-tuning on the chat mixture")
+    p = argparse.ArgumentParser(allow_abbrev=False, description="Supervised fine-tuning on the chat mixture")
     tr.add_run_args(p, compile_default="off")
     g = p.add_argument_group("source")
     g.add_argument("--source", default="mid", choices=["mid", "base"], help="which checkpoints to start from")

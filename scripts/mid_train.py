@@ -20,7 +20,7 @@ from nanochat import training as tr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Midtrain the base model on the chat mixture")
+    p = argparse.ArgumentParser(allow_abbrev=False, description="Midtrain the base model on the chat mixture")
     tr.add_run_args(p)
     g = p.add_argument_group("source")
     g.add_argument("--model-tag", default="", help="base model tag (default: the only one); also the output tag")

@@ -90,7 +90,7 @@ def load_reference(name: str, timeout: float = 20.0, encoders_dir: str | None = 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Tokenizer compression on train/val text")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Tokenizer compression on train/val text")
     parser.add_argument("--sample-chars", type=int, default=2_000_000, help="characters sampled per split")
     parser.add_argument("--ref-timeout", type=float, default=20.0, help="seconds allowed to fetch GPT-2/GPT-4")
     parser.add_argument("--reference-encoders", default=os.environ.get("NANOCHAT_REFERENCE_ENCODERS"),

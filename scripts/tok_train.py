@@ -40,7 +40,7 @@ def text_iterator(max_chars: int, doc_cap: int, stats: dict, progress_every: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Train the BPE tokenizer on the pretraining train split")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Train the BPE tokenizer on the pretraining train split")
     parser.add_argument("--max-chars", type=int, default=2_000_000_000, help="characters of text to train on")
     parser.add_argument("--doc-cap", type=int, default=10_000, help="characters kept from each document")
     parser.add_argument("--vocab-size", type=int, default=32768, help="vocabulary size incl. special tokens")

@@ -300,6 +300,11 @@ def test_tok_train_unknown_flag_is_one_line(base):
     expect_failure(base, "scripts.tok_train", "--vocabulary-size=512", match=("--vocabulary-size=512", "--help"))
 
 
+def test_flag_prefix_is_not_taken_for_the_flag(base):
+    """`--vocab=512` is not `--vocab-size=512`: a typo must not silently pick a flag (allow_abbrev=False)."""
+    expect_failure(base, "scripts.tok_train", "--vocab=512", "--max-chars=1000", match=("--vocab=512", "--help"))
+
+
 def test_chat_eval_bad_source_is_one_line(base):
     expect_failure(base, "scripts.chat_eval", "-i", "rl", match=("rl", "--help"))
 
