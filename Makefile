@@ -321,7 +321,7 @@ $(addprefix redo-,$(STAGES)): $(REPORT)
 	@:
 
 status: ## each stage: up to date, or stale and why (never writes anything)
-	@$(SYSTEM_PYTHON) -m nanochat.pipeline status --stamps $(call q,$(STAMPS)) \
+	@$(SYSTEM_PYTHON) -m nanochat.pipeline status --stamps $(call q,$(STAMPS)) --output $(call q,report=$(REPORT)) \
 	  $(foreach s,$(STAGES) report,--stage $(call q,$(s)|$($(s)_deps)|$($(s)_params)))
 
 dag: ## print the stage graph (Mermaid)

@@ -76,13 +76,18 @@ def read_stamp(path: Path) -> StampRecord | None:
     return StampRecord(params=params, after=deps, id=stamp_id)
 
 
-def evaluate(stages: list[Stage], stamps: Path) -> list[Stage]:
-    """Fill in each stage's reasons for being stale, mirroring make's decision (Makefile `is_stale`)."""
+def evaluate(stages: list[Stage], stamps: Path, outputs: dict[str, Path] | None = None) -> list[Stage]:
+    """Fill in each stage's reasons for being stale, mirroring make's decision (Makefile `is_stale`).
+
+    `outputs` names file targets other than the stamp (the report): missing, make rebuilds them."""
     by_name = {s.name: s for s in stages}
     records = {s.name: read_stamp(stamps / f"{s.name}.done") for s in stages}
     for s in stages:  # stages arrive in DAG order
         rec = records[s.name]
-        if rec is None:
+        output = (outputs or {}).get(s.name)
+        if output is not None and not output.exists():
+            s.reasons.append(f"its output {output} is missing")
+        elif rec is None:
             s.reasons.append("started but never finished (failed or interrupted)"
                              if (stamps / f"{s.name}.start").exists() else "never built (no completion stamp)")
         elif rec.params != s.params:
@@ -97,7 +102,9 @@ def evaluate(stages: list[Stage], stamps: Path) -> list[Stage]:
 
 
 def cmd_status(args) -> int:
-    stages = evaluate([parse_stage(x) for x in args.stage], Path(args.stamps))
+    outputs = dict(item.split("=", 1) for item in args.output)
+    stages = evaluate([parse_stage(x) for x in args.stage], Path(args.stamps),
+                      {name: Path(path) for name, path in outputs.items()})
     width = max(len(s.name) for s in stages)
     for s in stages:
         if not s.reasons:
@@ -189,6 +196,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("status")
     p.add_argument("--stamps", required=True)
     p.add_argument("--stage", action="append", default=[])
+    p.add_argument("--output", action="append", default=[], metavar="STAGE=PATH")
     p = sub.add_parser("dag")
     p.add_argument("--stage", action="append", default=[])
     p = sub.add_parser("lock")

@@ -337,6 +337,28 @@ def test_status_says_which_parameter_changed(pipe):
     assert "up to date" in pipe.make("status").stdout.splitlines()[-1]
 
 
+STAGE_MODULE = {"data": "dataset", "tokenizer": "tok_train", "pretrain": "base_train", "midtrain": "mid_train",
+                "sft": "chat_sft", "report": "report"}
+
+
+@pytest.mark.parametrize("damage,args", [
+    (None, ["SFT_EPOCHS=2"]),
+    (None, ["VOCAB_SIZE=2048"]),
+    ("report/report.md", []),
+    (".stamps/midtrain.done", []),
+    (".stamps/report.done", []),
+    (".stamps/data.done", ["DEPTH=6"]),
+])
+def test_status_names_exactly_the_stages_make_would_run(pipe, damage, args):
+    pipe.built()
+    if damage:
+        (pipe.base / damage).unlink()
+    out = pipe.make("status", *args).stdout
+    stale = {line.split()[0] for line in out.splitlines() if "STALE" in line}
+    would_run = set(stage_modules(pipe.make("-n", "speedrun", *args).stdout))
+    assert {STAGE_MODULE[s] for s in stale} == would_run - {"tok_eval", "base_loss", "base_eval", "chat_eval"}, out
+
+
 def test_dag_is_mermaid_of_the_stage_lists(pipe):
     out = pipe.make("dag").stdout
     assert "graph LR" in out and "tokenizer --> pretrain" in out and "midtrain --> sft" in out
