@@ -270,7 +270,11 @@ stamp_text = $(strip $(file <$(call stamp,$(1))))
 stamp_id = $(lastword $(subst |id=, ,$(call stamp_text,$(1))))
 # what $(1)'s stamp must say, less its own id; expanded in a recipe it reads the upstream ids then
 record = $($(1)_params)|after=$(subst $(space),$(comma),$(strip $(foreach d,$($(1)_deps),$(d)@$(call stamp_id,$(d)))))
-is_stale = $(strip $(or $(filter $(1),$(REDO)),$(strip $(foreach d,$($(1)_deps),$(call is_stale,$(d)))),$(if $(call stamp_text,$(1)),$(if $(call eq,$(strip $(subst |id=$(call stamp_id,$(1)),,$(call stamp_text,$(1)))),$(strip $(call record,$(1)))),,y),y)))
+# the stamp less its own id (empty: never built, or interrupted)
+recorded = $(strip $(subst |id=$(call stamp_id,$(1)),,$(call stamp_text,$(1))))
+upstream_stale = $(strip $(foreach d,$($(1)_deps),$(call is_stale,$(d))))
+# each test yields a word when it holds (stripped: $(or) would count a lone blank as true)
+is_stale = $(strip $(or $(filter $(1),$(REDO)),$(call upstream_stale,$(1)),$(if $(call recorded,$(1)),,missing),$(if $(call eq,$(call recorded,$(1)),$(strip $(call record,$(1)))),,changed)))
 stale = $(if $(call is_stale,$(1)),FORCE)
 # how a long stage treats existing checkpoints: resume if compatible, unless forced
 resume_mode = $(if $(filter $(1),$(REDO)),fresh,auto)
