@@ -1,8 +1,8 @@
 """Helpers the Makefile calls: `status` (why is a stage stale), `dag` (Mermaid graph), `lock`,
 `finish` (write a stage's stamp).
 
-Standard library only and never imports torch: `make status` must answer instantly and must
-never create or modify anything under the base dir (it only reads the stamps).
+Standard library only (nanochat.common is too) and never imports torch: `make status` must
+answer instantly and must never create or modify anything under the base dir (it only reads the stamps).
 
 A stage is given to `status`/`dag` as "name|dep1 dep2|k1=v1;k2=v2" — the same lists and parameter
 strings the Makefile's rules use, so there is a single definition of the DAG (the Makefile's).
@@ -22,6 +22,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nanochat.common import atomic_write_text
 
 
 @dataclass
@@ -179,13 +181,8 @@ def cmd_finish(args) -> int:
         (stamps / f"{args.stage}.wall").write_text(f"{time.time() - start:.1f}\n")
     except (OSError, ValueError):
         pass  # timing is informative only: never fail a finished stage over it
-    stamp = stamps / f"{args.stage}.done"
-    tmp = stamp.with_name(stamp.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(f"{args.record}|id={secrets.token_hex(8)}")  # no final newline: see Makefile `stamp_text`
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, stamp)
+    # no final newline: see the Makefile's `stamp_text`
+    atomic_write_text(stamps / f"{args.stage}.done", f"{args.record}|id={secrets.token_hex(8)}")
     start_file.unlink(missing_ok=True)
     return 0
 
