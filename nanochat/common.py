@@ -93,7 +93,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should read like normal files
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
 
 
@@ -122,7 +122,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
 
 
@@ -134,7 +134,7 @@ def _free_bytes(directory) -> int:
         return 2 ** 62
 
 
-def _unlink_quietly(path) -> None:
+def unlink_quietly(path) -> None:
     try:
         os.unlink(path)
     except OSError:

@@ -54,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
-from nanochat.common import UserError, atomic_write_text, get_base_dir, stream_to_file
+from nanochat.common import UserError, atomic_write_text, get_base_dir, stream_to_file, unlink_quietly
 
 DEFAULT_DATA_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 MAX_SHARD_INDEX = 1822                     # last shard of FineWeb-Edu-100B shuffle = our validation shard
@@ -233,15 +233,8 @@ def download_shard(url: str, dest: Path, retries: int = 5, backoff: float = 2.0,
             reason = getattr(exc, "reason", None) if isinstance(exc, urllib.error.URLError) else None
             last = _short(reason if reason is not None else exc) or type(exc).__name__
         finally:
-            _unlink(tmp)
+            unlink_quietly(tmp)
     raise DownloadError(f"{url}: {last} (after {retries + 1} attempts)")
-
-
-def _unlink(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def probe_url(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
@@ -264,7 +257,7 @@ def download_shards(indices: list[int], base_url: str, data_dir: Path, workers: 
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     for stale in data_dir.glob(f"{_TMP_PREFIX}*.tmp"):   # left by a killed run (one downloader at a time)
-        _unlink(stale)
+        unlink_quietly(stale)
     base = base_url.rstrip("/")
     lock = threading.Lock()
     state = {"done": 0, "bytes": 0, "downloaded": 0, "present": 0, "failed": []}
@@ -336,7 +329,7 @@ def _write_parquet(path: Path, texts: list[str], rows_per_group: int) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
-        _unlink(tmp)
+        unlink_quietly(tmp)
         raise
 
 
@@ -448,7 +441,7 @@ def link_local_dir(src_dir: Path, data_dir: Path, n: int | None = None, log=prin
             continue
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=data_dir)
         os.close(fd)
-        _unlink(tmp)
+        unlink_quietly(tmp)
         try:
             try:
                 os.link(src, tmp)
@@ -456,7 +449,7 @@ def link_local_dir(src_dir: Path, data_dir: Path, n: int | None = None, log=prin
                 shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
         except BaseException:
-            _unlink(tmp)
+            unlink_quietly(tmp)
             raise
     _write_source(data_dir, "dir", str(src_dir), train_shards_written=want, val_shard=shard_name(vidx),
                   extra="\n".join(f"{d.name} <- {s}" for s, d in pairs))
