@@ -164,7 +164,11 @@ _FLEX_COMPILED = None
 
 
 def _sliding_block_mask(T: int, window: int, device):
-    """Cached FlexAttention block mask for causal attention limited to `window` keys."""
+    """Cached FlexAttention block mask for causal attention limited to `window` keys.
+
+    Built eagerly (GPT.forward warms the cache before any compiled block runs): a mask first built
+    while Dynamo traces would be traced into the graph, and the cache fill would then change the
+    guards and force a second full compilation."""
     key = (T, window, str(device))
     bm = _BLOCK_MASKS.get(key)
     if bm is None:
@@ -175,9 +179,14 @@ def _sliding_block_mask(T: int, window: int, device):
     return bm
 
 
+def uses_flex(window: int | None, T: int, device) -> bool:
+    """Does a training (no KV cache) attention call with this window take the FlexAttention path?"""
+    return window is not None and window < T and device.type == "cuda" and HAS_FLEX
+
+
 def _flex(q, k, v, block_mask, enable_gqa):
     """flex_attention must run compiled to be fast (eager it materialises all the scores). Inside a
-    torch.compile'd model the outer compile fuses it; eager callers get a lazily compiled copy
+    torch.compile'd region the outer compile fuses it; eager callers get a lazily compiled copy
     (created outside any trace: creating it while Dynamo traces would not work)."""
     global _FLEX_COMPILED
     if torch.compiler.is_compiling():
@@ -215,7 +224,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
         if impl is None:
             if full:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, **extra)
-            impl = "flex" if (q.device.type == "cuda" and HAS_FLEX) else "sdpa_mask"
+            impl = "flex" if uses_flex(window, Tq, q.device) else "sdpa_mask"
         if impl == "flex":
             bm = _sliding_block_mask(Tq, window if window is not None else Tq, q.device)
             return _flex(q, k, v, bm, gqa)
@@ -348,15 +357,46 @@ class Block(nn.Module):
 # ----------------------------------------------------------------------------- chunked loss
 
 
+def _softcap_ce_chunk(xc: torch.Tensor, w: torch.Tensor, targets: torch.Tensor):
+    """One chunk of rows: (summed loss over non-ignored rows, d loss / d raw logits in xc's dtype).
+
+    The gradient of the soft-capped cross-entropy w.r.t. the raw logits z is
+    (softmax - onehot) * (1 - tanh(z/15)^2), zero for ignored rows (target -1)."""
+    valid = (targets != -1).unsqueeze(1)
+    safe_t = targets.clamp(min=0).unsqueeze(1)
+    th = torch.tanh((xc @ w.t()).float() / SOFTCAP)          # [rows, V] fp32
+    logits = th * SOFTCAP
+    lse = torch.logsumexp(logits, dim=1, keepdim=True)
+    picked = logits.gather(1, safe_t)
+    loss = ((lse - picked) * valid).sum()
+    probs = torch.exp(logits - lse).scatter_add(1, safe_t, torch.full_like(picked, -1.0))
+    dz = (probs * (1.0 - th * th) * valid).to(xc.dtype)
+    return loss, dz
+
+
+_CE_CHUNK_COMPILED = None
+
+
+def _ce_chunk_fn(device: torch.device):
+    """The chunk function to call: on CUDA outside a trace, a compiled copy (eager, the ~8
+    elementwise passes over a [rows, vocab] fp32 block each go through memory; compiled, they fuse
+    into about two), else the plain function (inside a compiled model the outer compile fuses it)."""
+    global _CE_CHUNK_COMPILED
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return _softcap_ce_chunk
+    if _CE_CHUNK_COMPILED is None:
+        _CE_CHUNK_COMPILED = torch.compile(_softcap_ce_chunk, dynamic=False)
+    return _CE_CHUNK_COMPILED
+
+
 class _ChunkedSoftcapCE(torch.autograd.Function):
     """Cross-entropy of softcap(x @ W^T) without materialising all logits at once.
 
     Forward walks the rows in chunks; for each chunk it computes the fp32 soft-capped logits, the
-    loss, and immediately the gradient w.r.t. the raw logits (softmax - onehot, times the tanh
-    derivative), which it turns into that chunk's grad_x rows and adds into grad_W. The logits of
-    a chunk are then dropped, so peak memory is one chunk of [rows, vocab], and nothing is
-    recomputed in backward (which only scales the stored grads by grad_output).
-    Only for a scalar loss ("sum" or "mean" over non-ignored targets).
+    loss, and immediately the gradient w.r.t. the raw logits, which it turns into that chunk's
+    grad_x rows and adds into grad_W. The logits of a chunk are then dropped, so peak memory is one
+    chunk of [rows, vocab], and nothing is recomputed in backward (which only scales the stored
+    grads by grad_output). Only for a scalar loss ("sum" or "mean" over non-ignored targets).
     """
 
     @staticmethod
@@ -364,31 +404,21 @@ class _ChunkedSoftcapCE(torch.autograd.Function):
         dev = x.device.type
         # match what autocast would do for the lm_head matmul: compute dtype of the matmuls
         cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
+        chunk_fn = _ce_chunk_fn(x.device)
         with torch.autocast(dev, enabled=False):
             N = x.size(0)
             w = weight.to(cdt)
-            valid_all = targets != -1
             loss = torch.zeros((), dtype=torch.float32, device=x.device)
             grad_x = torch.empty_like(x)
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
             for s in range(0, N, chunk_rows):
                 xc = x[s:s + chunk_rows].to(cdt)
-                tc = targets[s:s + chunk_rows]
-                valid = valid_all[s:s + chunk_rows]
-                safe_t = tc.clamp(min=0).unsqueeze(1)
-                th = torch.tanh((xc @ w.t()).float() / SOFTCAP)          # [rows, V]
-                logits = th * SOFTCAP
-                lse = torch.logsumexp(logits, dim=1)
-                picked = logits.gather(1, safe_t).squeeze(1)
-                loss = loss + ((lse - picked) * valid).sum()
-                # d loss / d raw logits = (softmax - onehot) * (1 - tanh^2), zero for ignored rows
-                probs = torch.exp(logits - lse.unsqueeze(1))
-                probs.scatter_add_(1, safe_t, torch.full_like(picked, -1.0).unsqueeze(1))
-                dz = (probs * (1.0 - th * th) * valid.unsqueeze(1).to(probs.dtype)).to(cdt)
+                loss_c, dz = chunk_fn(xc, w, targets[s:s + chunk_rows])
+                loss = loss + loss_c
                 grad_x[s:s + chunk_rows] = (dz @ w).to(x.dtype)
                 grad_w += (dz.t() @ xc).float()
             if mean:
-                scale = 1.0 / valid_all.sum().to(torch.float32)
+                scale = 1.0 / (targets != -1).sum().to(torch.float32)
             else:
                 scale = torch.ones((), dtype=torch.float32, device=x.device)
             loss = loss * scale
@@ -422,6 +452,9 @@ class GPT(nn.Module):
         # non-persistent: derived data, never in checkpoints (and rebuilt after to_empty())
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        # compile_for_training(scope="blocks") fills this with compiled views of self.blocks (a plain
+        # list, so state_dict keys stay those of the plain model)
+        self._compiled_blocks: list | None = None
         if self.wte.weight.device.type != "meta":
             self.init_weights()
 
@@ -514,6 +547,33 @@ class GPT(nn.Module):
                 group["initial_lr"] = group["lr"]
         return optimizers
 
+    # -- compilation
+
+    def compile_for_training(self, scope: str = "blocks", dynamic: bool | None = False) -> nn.Module:
+        """torch.compile for the training/evaluation forward (no KV cache); returns what to call.
+
+        scope "blocks" (regional compilation): each Block is compiled on its own. Dynamo treats a
+        module's parameters as inputs, so all blocks with the same window share one compiled graph:
+        compilation cost is that of one or two blocks, not of the whole depth. The embedding, final
+        norm and loss stay eager, with the loss's per-chunk math compiled by itself.
+        scope "model": the whole forward as one graph (longer compile; kept for comparison).
+        Either way KV-cache inference keeps using the plain modules (its Python-int cache position
+        would recompile)."""
+        if scope == "blocks":
+            self._compiled_blocks = [torch.compile(b, dynamic=dynamic) for b in self.blocks]
+            return self
+        if scope == "model":
+            self._warm_block_masks(self.config.sequence_len)
+            return torch.compile(self, dynamic=dynamic)
+        raise ValueError(f"compile scope must be 'blocks' or 'model', got {scope!r}")
+
+    def _warm_block_masks(self, T: int):
+        """Build (eagerly, once per T) the FlexAttention block masks the attention layers will use."""
+        device = self.wte.weight.device
+        for w in set(self.config.layer_windows()):
+            if uses_flex(w, T, device):
+                _sliding_block_mask(T, w, device)
+
     # -- forward
 
     def make_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
@@ -533,8 +593,14 @@ class GPT(nn.Module):
         if pos + T > self.rotary_len:
             raise ValueError(f"position {pos + T} is past the rotary tables ({self.rotary_len} positions)")
         cos, sin = self.cos[pos:pos + T], self.sin[pos:pos + T]
+        blocks = self.blocks
+        if kv_cache is None:
+            if not torch.compiler.is_compiling():
+                self._warm_block_masks(T)
+            if self._compiled_blocks is not None:
+                blocks = self._compiled_blocks
         x = norm(self.wte(idx))
-        for block in self.blocks:
+        for block in blocks:
             x = block(x, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)

@@ -46,7 +46,7 @@ from nanochat.common import (UserError, atomic_write_text, compute_cleanup, comp
 
 # flags that never change what is trained (excluded from semantic_config)
 EXECUTION_KEYS = frozenset({
-    "run", "device_type", "dtype", "compile", "device_batch_size", "save_every", "keep_last", "eval_every",
+    "run", "device_type", "dtype", "compile", "compile_scope", "device_batch_size", "save_every", "keep_last", "eval_every",
     "eval_tokens", "eval_steps", "eval_metrics_every", "eval_metrics_max_problems", "core_metric_every",
     "core_metric_max_per_task", "sample_every", "model_tag", "resume", "resume_from_step", "record_output",
     "dry_run", "log_every",
@@ -63,6 +63,9 @@ def add_run_args(parser: argparse.ArgumentParser, compile_default: str = "auto")
                    help="autocast dtype (auto: bfloat16 on cuda, float32 elsewhere)")
     g.add_argument("--compile", default=compile_default, choices=["auto", "on", "off"],
                    help="torch.compile the model (auto: on for cuda, off otherwise)")
+    g.add_argument("--compile-scope", default="blocks", choices=["blocks", "model"],
+                   help="blocks: compile each transformer block (shared graphs, short compile); "
+                        "model: the whole forward as one graph")
     g.add_argument("--seed", type=int, default=42, help="random seed (semantic)")
     g.add_argument("--resume", default="auto", choices=["auto", "fresh"],
                    help="auto: continue from the newest compatible checkpoint, else start over; "
@@ -245,9 +248,10 @@ def _set_rng_state(st: dict) -> None:
 
 
 def maybe_compile(ctx: RunContext, model, dynamic: bool | None = False):
+    """What to call for training forwards: the model itself, or (with --compile) its compiled form."""
     if not ctx.compile:
         return model
-    return torch.compile(model, dynamic=dynamic)
+    return model.compile_for_training(getattr(ctx.args, "compile_scope", "blocks"), dynamic=dynamic)
 
 
 def apply_schedules(optimizers, lrm: float, momentum: float | None = None) -> None:

@@ -1,0 +1,164 @@
+"""Time and profile the pretraining step itself (model + optimizers), without data files.
+
+    python -m bench.profile_step --depth 20 --window SSSL --batch 32 --scope blocks --steps 8 --profile
+
+Builds the model exactly as scripts.base_train does (meta init, setup_optimizers, the same
+compilation through GPT.compile_for_training), then runs full optimizer steps of
+--total-batch-size tokens on a synthetic token stream that is learnable (each token is followed by
+a fixed successor half of the time), so the printed losses fall and two variants can be compared
+step by step. Prints: time to first step (start-up + compile), median step time, tok/s, MFU
+(nanochat's FLOP formula, bf16 dense peak), peak memory, losses; with --profile, the CUDA time of
+one step split into kernel categories, and the top kernels. JSON line with --json FILE.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+T_START = time.time()
+
+import torch  # noqa: E402
+
+from nanochat.common import device_name, get_peak_flops  # noqa: E402
+from nanochat.gpt import GPT, GPTConfig  # noqa: E402
+from nanochat.optim import muon_momentum  # noqa: E402
+from nanochat.training import apply_schedules  # noqa: E402
+
+CATEGORIES = [  # first match wins; lower-case substrings of kernel names
+    ("attention (flash/cuDNN/flex)", ("flash", "fmha", "cudnn", "attention", "flex", "triton_tem_fused")),
+    ("matmul (cuBLAS/CUTLASS)", ("gemm", "nvjet", "cutlass", "xmma", "sm90", "sm80", "splitk", "cublas")),
+    ("elementwise / reductions (triton)", ("triton",)),
+    ("optimizer (foreach / fused adam)", ("multi_tensor", "foreach", "adam")),
+    ("copies / memset", ("memcpy", "memset", "copy", "fill")),
+]
+
+
+def synthetic_batches(n: int, B: int, T: int, vocab: int, device, seed: int = 0):
+    """n (x, y) micro-batches: token t+1 = successor[token t] with prob 1/2, else uniform."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    succ = torch.randperm(vocab, generator=g)
+    out = []
+    for _ in range(n):
+        rows = torch.empty(B, T + 1, dtype=torch.long)
+        rows[:, 0] = torch.randint(vocab, (B,), generator=g)
+        coin = torch.rand(B, T, generator=g) < 0.5
+        rnd = torch.randint(vocab, (B, T), generator=g)
+        for t in range(T):
+            rows[:, t + 1] = torch.where(coin[:, t], succ[rows[:, t]], rnd[:, t])
+        out.append((rows[:, :-1].to(device), rows[:, 1:].to(device)))
+    return out
+
+
+def categorize(name: str) -> str:
+    low = name.lower()
+    for cat, keys in CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "other"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depth", type=int, default=20)
+    ap.add_argument("--window", default="SSSL")
+    ap.add_argument("--batch", type=int, default=32, help="device batch size (rows per micro-step)")
+    ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--vocab", type=int, default=32768)
+    ap.add_argument("--total-batch-size", type=int, default=524288)
+    ap.add_argument("--scope", default="blocks", choices=["blocks", "model", "off"])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--profile", action="store_true", help="profile one step after the timed ones")
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+
+    device = torch.device("cuda")
+    B, T = args.batch, args.seq_len
+    accum = args.total_batch_size // (B * T)
+    torch.manual_seed(42)
+    config = GPTConfig.from_depth(args.depth, args.vocab, T, window_pattern=args.window)
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.init_weights()
+    optimizers = model.setup_optimizers()
+    if args.scope == "off":
+        run = model
+    elif hasattr(model, "compile_for_training"):
+        run = model.compile_for_training(args.scope)
+    else:  # an older checkout (PYTHONPATH pointing at it): whole-model compile was all it had
+        run = torch.compile(model, dynamic=False)
+    batches = synthetic_batches(min(accum, 8), B, T, args.vocab, device)
+    flops_per_token = model.estimate_flops()
+    peak = get_peak_flops(device_name(device))
+
+    def step(i: int) -> float:
+        loss_sum = torch.zeros((), device=device)
+        for m in range(accum):
+            x, y = batches[m % len(batches)]
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = run(x, y)
+            loss_sum += loss.detach()
+            (loss / accum).backward()
+        apply_schedules(optimizers, 1.0, muon_momentum(i))
+        for opt in optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        return (loss_sum / accum).item()
+
+    losses, dts = [], []
+    ttfs = None
+    for i in range(args.steps):
+        t0 = time.perf_counter()
+        losses.append(step(i))
+        dts.append(time.perf_counter() - t0)
+        if ttfs is None:
+            ttfs = time.time() - T_START
+        print(f"step {i + 1}/{args.steps} loss {losses[-1]:.6f} dt {dts[-1] * 1000:.1f}ms", flush=True)
+    dt = statistics.median(dts[1:]) if len(dts) > 1 else dts[0]
+    tokens = accum * B * T
+    res = {
+        "depth": args.depth, "window": args.window, "batch": B, "scope": args.scope, "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(device), "dt_ms": round(dt * 1000, 1),
+        "tok_per_s": round(tokens / dt), "mfu_pct": round(100 * flops_per_token * tokens / dt / peak, 2),
+        "time_to_first_step_s": round(ttfs, 1), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "losses": [round(v, 5) for v in losses],
+    }
+    try:
+        from torch._dynamo.utils import counters
+        res["dynamo_unique_graphs"] = counters["stats"]["unique_graphs"]
+    except Exception:  # pragma: no cover - private API
+        pass
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step(args.steps)
+            torch.cuda.synchronize()
+        by_cat: dict[str, float] = {}
+        kernels = []
+        for ev in prof.key_averages():
+            us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if us <= 0 or ev.key.startswith("ProfilerStep"):
+                continue
+            kernels.append((us, ev.count, ev.key))
+            by_cat[categorize(ev.key)] = by_cat.get(categorize(ev.key), 0.0) + us
+        total = sum(by_cat.values())
+        res["profile_ms"] = {k: round(v / 1000, 1) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])}
+        res["profile_total_ms"] = round(total / 1000, 1)
+        print(f"\nCUDA time of one step ({total / 1000:.1f} ms of kernels; step wall {dt * 1000:.1f} ms):")
+        for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1]):
+            print(f"  {v / 1000:9.1f} ms {100 * v / total:5.1f}%  {k}")
+        print(f"top {args.top} kernels:")
+        for us, count, key in sorted(kernels, reverse=True)[:args.top]:
+            print(f"  {us / 1000:9.1f} ms x{count:<5d} {key[:110]}")
+    print("RESULT " + json.dumps(res), flush=True)
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(res) + "\n")
+
+
+if __name__ == "__main__":
+    main()
