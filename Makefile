@@ -156,6 +156,8 @@ WEIGHT_DECAY ?= 0.0
 WARMUP_RATIO ?= 0.0
 WARMDOWN_RATIO ?= 0.4
 FINAL_LR_FRAC ?= 0.0
+# 1 = fp8 matmuls in the transformer blocks while pretraining (GPUs of compute capability >= 8.9)
+FP8 ?= 0
 MID_ITERATIONS ?= -1
 MID_TOTAL_BATCH_SIZE ?= 524288
 MID_INIT_LR_FRAC ?= 1.0
@@ -205,6 +207,7 @@ $(foreach v,NPROC NNODES DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS 
 $(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK,$(call check_int,$(v)))
 $(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC,$(call check_number,$(v),0.02))
 $(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS WANDB_RUN MODEL_TAG NANOCHAT_BASE_DIR,$(call check_noquote,$(v)))
+$(if $(filter 0 1,$(FP8)),,$(error FP8=$(FP8) must be 0 or 1))
 $(if $(filter cpu cuda mps,$(DEVICE_TYPE)),,$(error DEVICE_TYPE=$(DEVICE_TYPE) must be cpu, cuda or mps))
 $(if $(filter L S,$(subst S,S ,$(subst L,L ,$(WINDOW_PATTERN)))),,$(error WINDOW_PATTERN=$(WINDOW_PATTERN) must be letters S and L, e.g. SSSL))
 $(if $(strip $(subst S,,$(subst L,,$(WINDOW_PATTERN)))),$(error WINDOW_PATTERN=$(WINDOW_PATTERN) must be letters S and L, e.g. SSSL))
@@ -236,7 +239,7 @@ FORCE: ;
 code_hash = $(if $(filter 1,$(TRACK_CODE)),;code=$(firstword $(shell cat $(1) 2>/dev/null | sha256sum)))
 data_params      := source=$(DATA_SOURCE);shards=$(DATA_SHARDS);args=$(DATA_ARGS)$(call code_hash,nanochat/dataset.py nanochat/embedded_corpus.py)
 tokenizer_params := vocab=$(VOCAB_SIZE);max_chars=$(TOK_MAX_CHARS);doc_cap=$(TOK_DOC_CAP);args=$(TOK_ARGS)$(call code_hash,nanochat/tokenizer.py scripts/tok_train.py)
-pretrain_params  := depth=$(DEPTH);aspect=$(ASPECT_RATIO);head_dim=$(HEAD_DIM);seq=$(MAX_SEQ_LEN);window=$(WINDOW_PATTERN);total_batch=$(TOTAL_BATCH_SIZE);iters=$(NUM_ITERATIONS);ratio=$(TARGET_PARAM_DATA_RATIO);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);lr_scalar=$(SCALAR_LR);wd=$(WEIGHT_DECAY);warmup=$(WARMUP_RATIO);warmdown=$(WARMDOWN_RATIO);final_lr=$(FINAL_LR_FRAC);eval_tokens=$(EVAL_TOKENS);core_max=$(CORE_MAX_PER_TASK);tag=$(MODEL_TAG);args=$(BASE_ARGS)$(call code_hash,nanochat/gpt.py nanochat/optim.py nanochat/dataloader.py nanochat/training.py scripts/base_train.py)
+pretrain_params  := depth=$(DEPTH);aspect=$(ASPECT_RATIO);head_dim=$(HEAD_DIM);seq=$(MAX_SEQ_LEN);window=$(WINDOW_PATTERN);total_batch=$(TOTAL_BATCH_SIZE);iters=$(NUM_ITERATIONS);ratio=$(TARGET_PARAM_DATA_RATIO);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);lr_scalar=$(SCALAR_LR);wd=$(WEIGHT_DECAY);warmup=$(WARMUP_RATIO);warmdown=$(WARMDOWN_RATIO);final_lr=$(FINAL_LR_FRAC);fp8=$(FP8);eval_tokens=$(EVAL_TOKENS);core_max=$(CORE_MAX_PER_TASK);tag=$(MODEL_TAG);args=$(BASE_ARGS)$(call code_hash,nanochat/gpt.py nanochat/fp8.py nanochat/optim.py nanochat/dataloader.py nanochat/training.py scripts/base_train.py)
 midtrain_params  := iters=$(MID_ITERATIONS);total_batch=$(MID_TOTAL_BATCH_SIZE);seq=$(MAX_SEQ_LEN);init_lr=$(MID_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_tokens=$(MID_EVAL_TOKENS);eval_max=$(CHAT_EVAL_MAX);max_new=$(CHAT_MAX_NEW_TOKENS);args=$(MID_ARGS)$(call code_hash,nanochat/training.py scripts/mid_train.py)
 sft_params       := epochs=$(SFT_EPOCHS);iters=$(SFT_ITERATIONS);examples_per_step=$(SFT_TARGET_EXAMPLES);init_lr=$(SFT_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_steps=$(SFT_EVAL_STEPS);eval_max=$(CHAT_EVAL_MAX);max_new=$(CHAT_MAX_NEW_TOKENS);args=$(SFT_ARGS)$(call code_hash,nanochat/training.py scripts/chat_sft.py)
 
@@ -305,7 +308,7 @@ help: ## show verbs and variables (default goal)
 	@$(foreach v,NANOCHAT_BASE_DIR PRESET DEVICE_TYPE NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_ENDPOINT USE_LIBUV \
 	   DATA_SOURCE DATA_SHARDS VOCAB_SIZE TOK_MAX_CHARS TOK_DOC_CAP DEPTH ASPECT_RATIO HEAD_DIM MAX_SEQ_LEN \
 	   WINDOW_PATTERN TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE NUM_ITERATIONS TARGET_PARAM_DATA_RATIO EMBEDDING_LR \
-	   UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC EVAL_TOKENS \
+	   UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC FP8 EVAL_TOKENS \
 	   CORE_MAX_PER_TASK MID_ITERATIONS MID_TOTAL_BATCH_SIZE MID_INIT_LR_FRAC SFT_EPOCHS SFT_ITERATIONS \
 	   SFT_INIT_LR_FRAC SFT_TARGET_EXAMPLES SFT_DEVICE_BATCH_SIZE SFT_EVAL_STEPS MID_EVAL_TOKENS CHAT_EVAL_MAX CHAT_MAX_NEW_TOKENS MODEL_TAG WANDB_RUN DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS TRACK_CODE \
 	   TORCH_SPEC PIP_EXTRA VENV PY PROMPT TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
@@ -383,7 +386,7 @@ $(call stamp,pretrain): $(call stale,pretrain) | $(call deps_of,pretrain) $(VENV
 	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
 	  --scalar-lr=$(SCALAR_LR) --weight-decay=$(WEIGHT_DECAY) --warmup-ratio=$(WARMUP_RATIO) \
 	  --warmdown-ratio=$(WARMDOWN_RATIO) --final-lr-frac=$(FINAL_LR_FRAC) --eval-tokens=$(EVAL_TOKENS) \
-	  --model-tag=$(MODEL_TAG) --resume=$(call resume_mode,pretrain) --record-output=$(STAMPS)/pretrain.step $(BASE_ARGS)
+	  --model-tag=$(MODEL_TAG) --resume=$(call resume_mode,pretrain) --record-output=$(STAMPS)/pretrain.step $(if $(filter 1,$(FP8)),--fp8) $(BASE_ARGS)
 	$(RUN_DIST) -m scripts.base_loss -- --device-type=$(DEVICE_TYPE) --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) \
 	  --device-batch-size=$(DEVICE_BATCH_SIZE) --split-tokens=$(EVAL_TOKENS)
 	$(RUN_DIST) -m scripts.base_eval -- --device-type=$(DEVICE_TYPE) --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) \

@@ -4,9 +4,8 @@
 
 Builds the model exactly as scripts.base_train does (meta init, setup_optimizers, the same
 compilation through GPT.compile_for_training), then runs full optimizer steps of
---total-batch-size tokens on a synthetic token stream that is learnable (each token is followed by
-a fixed successor half of the time), so the printed losses fall and two variants can be compared
-step by step. Prints: time to first step (start-up + compile), median step time, tok/s, MFU
+--total-batch-size tokens on fresh synthetic batches with a learnable bigram map (SyntheticBatches),
+so the printed losses fall and two variants can be compared step by step. Prints: time to first step (start-up + compile), median step time, tok/s, MFU
 (nanochat's FLOP formula, bf16 dense peak), peak memory, losses; with --profile, the CUDA time of
 one step split into kernel categories, and the top kernels. JSON line with --json FILE.
 """
@@ -35,20 +34,22 @@ CATEGORIES = [  # first match wins; lower-case substrings of kernel names
 ]
 
 
-def synthetic_batches(n: int, B: int, T: int, vocab: int, device, seed: int = 0):
-    """n (x, y) micro-batches: token t+1 = successor[token t] with prob 1/2, else uniform."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    succ = torch.randperm(vocab, generator=g)
-    out = []
-    for _ in range(n):
-        rows = torch.empty(B, T + 1, dtype=torch.long)
-        rows[:, 0] = torch.randint(vocab, (B,), generator=g)
-        coin = torch.rand(B, T, generator=g) < 0.5
-        rnd = torch.randint(vocab, (B, T), generator=g)
-        for t in range(T):
-            rows[:, t + 1] = torch.where(coin[:, t], succ[rows[:, t]], rnd[:, t])
-        out.append((rows[:, :-1].to(device), rows[:, 1:].to(device)))
-    return out
+class SyntheticBatches:
+    """Fresh (x, y) micro-batches from a seeded CUDA generator: x uniform tokens, y = successor[x]
+    with probability 1/2, else uniform. A bigram map to learn (loss falls from ln(vocab) towards
+    ~0.5 ln(vocab)) that cannot be memorised, identical for every variant run with the same seed."""
+
+    def __init__(self, B: int, T: int, vocab: int, device, seed: int = 0):
+        self.B, self.T, self.vocab = B, T, vocab
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.succ = torch.randperm(vocab, generator=self.gen, device=device)
+
+    def next(self):
+        shape, g, V = (self.B, self.T), self.gen, self.vocab
+        x = torch.randint(V, shape, generator=g, device=g.device)
+        coin = torch.rand(shape, generator=g, device=g.device) < 0.5
+        y = torch.where(coin, self.succ[x], torch.randint(V, shape, generator=g, device=g.device))
+        return x, y
 
 
 def categorize(name: str) -> str:
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=32768)
     ap.add_argument("--total-batch-size", type=int, default=524288)
     ap.add_argument("--scope", default="blocks", choices=["blocks", "model", "off"])
+    ap.add_argument("--fp8", action="store_true", help="fp8 matmuls in the blocks (nanochat.fp8)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--profile", action="store_true", help="profile one step after the timed ones")
     ap.add_argument("--top", type=int, default=25)
@@ -83,6 +85,9 @@ def main() -> None:
         model = GPT(config)
     model.to_empty(device=device)
     model.init_weights()
+    if args.fp8:
+        from nanochat.fp8 import convert_to_fp8
+        convert_to_fp8(model.blocks)
     optimizers = model.setup_optimizers()
     if args.scope == "off":
         run = model
@@ -90,14 +95,14 @@ def main() -> None:
         run = model.compile_for_training(args.scope)
     else:  # an older checkout (PYTHONPATH pointing at it): whole-model compile was all it had
         run = torch.compile(model, dynamic=False)
-    batches = synthetic_batches(min(accum, 8), B, T, args.vocab, device)
+    data = SyntheticBatches(B, T, args.vocab, device)
     flops_per_token = model.estimate_flops()
     peak = get_peak_flops(device_name(device))
 
     def step(i: int) -> float:
         loss_sum = torch.zeros((), device=device)
-        for m in range(accum):
-            x, y = batches[m % len(batches)]
+        for _ in range(accum):
+            x, y = data.next()
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = run(x, y)
             loss_sum += loss.detach()
@@ -120,7 +125,7 @@ def main() -> None:
     dt = statistics.median(dts[1:]) if len(dts) > 1 else dts[0]
     tokens = accum * B * T
     res = {
-        "depth": args.depth, "window": args.window, "batch": B, "scope": args.scope, "torch": torch.__version__,
+        "depth": args.depth, "window": args.window, "batch": B, "scope": args.scope, "fp8": args.fp8, "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(device), "dt_ms": round(dt * 1000, 1),
         "tok_per_s": round(tokens / dt), "mfu_pct": round(100 * flops_per_token * tokens / dt / peak, 2),
         "time_to_first_step_s": round(ttfs, 1), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),

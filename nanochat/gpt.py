@@ -19,12 +19,13 @@ Attention back ends:
 - with a KV cache (inference, any device): SDPA over cache[:pos+T] with an explicit
   causal + window mask offset by pos.
 
-Measured on one H100 (torch 2.11, bf16 autocast, torch.compile, d20, B=16, T=2048, incl. the
-optimizer step): "L" 248 ms/step (132K tok/s, 43% MFU; ~50% without the 35 ms Muon+AdamW step),
-"SSSL" 251 ms/step (FlexAttention windows are no faster than flash causal at T=2048).
+Measured on one H100 (torch 2.11, bf16 autocast, d20, device batch 32, 524,288 tokens per step,
+bench/RESULTS.md): "L" 155K tok/s (50.9% MFU), "SSSL" 154K (46.9%); with --fp8 176K / 174K. Time
+to the first step at d20 SSSL, cold compile cache: 47-70 s (whole-model compile: 104-182 s).
 
-Training with torch.compile: compile the model for the training forward only; use the plain
-(uncompiled) module for KV-cache inference, whose Python-int cache position would recompile.
+Training with torch.compile: GPT.compile_for_training compiles each block on its own (regional
+compilation: blocks with the same window share one graph, so compile time does not grow with depth);
+KV-cache inference always runs the plain modules (its Python-int cache position would recompile).
 """
 from __future__ import annotations
 

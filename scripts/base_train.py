@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--head-dim", type=int, default=128, help="attention head dimension")
     g.add_argument("--max-seq-len", type=int, default=2048, help="context length in tokens")
     g.add_argument("--window-pattern", default="SSSL", help="per-layer attention windows: S=short, L=long (last layer always L)")
+    g.add_argument("--fp8", action="store_true",
+                   help="fp8 matmuls in the transformer blocks (GPUs of compute capability >= 8.9; see nanochat/fp8.py)")
     g = p.add_argument_group("horizon")
     g.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = from the targets below)")
     g.add_argument("--target-flops", type=float, default=-1.0, help="total training FLOPs (-1 = off)")
@@ -186,6 +188,11 @@ def run(ctx, args) -> None:
     from nanochat.optim import lr_multiplier, muon_momentum
     from nanochat.tokenizer import get_token_bytes, get_tokenizer
 
+    if args.fp8:  # a hardware limit: refuse before loading anything
+        from nanochat.fp8 import fp8_support_problem
+        problem = fp8_support_problem(ctx.device)
+        if problem:
+            raise UserError(problem)
     tokenizer = get_tokenizer()
     token_bytes = get_token_bytes(ctx.device)
     vocab = tokenizer.get_vocab_size()
@@ -203,6 +210,9 @@ def run(ctx, args) -> None:
         model = GPT(config)
     model.to_empty(device=ctx.device)
     model.init_weights()
+    if args.fp8:
+        from nanochat.fp8 import convert_to_fp8
+        print0(f"fp8: {convert_to_fp8(model.blocks)} block linear layers run their matmuls in fp8")
     nparams = model.num_params()
     flops_per_token = model.estimate_flops()
     N, why = horizon(args, flops_per_token, nparams["total"])
