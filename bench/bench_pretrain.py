@@ -87,7 +87,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         tps = f"{r['tok_per_s']:,.0f}" if r["tok_per_s"] else "FAILED"
-        print(f"| {r['config']} | {r['device_batch']} | {tps} | {r['mfu_pct']}% | {r['dt_ms']} | "
+        mfu = f"{r['mfu_pct']:.2f}%" if r["mfu_pct"] is not None else "-"
+        print(f"| {r['config']} | {r['device_batch']} | {tps} | {mfu} | {r['dt_ms']} | "
               f"{r['peak_mem_gib']} | {r['time_to_first_step_s']} |")
 
 
