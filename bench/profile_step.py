@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--total-batch-size", type=int, default=524288)
     ap.add_argument("--scope", default="blocks", choices=["blocks", "model", "off"])
     ap.add_argument("--fp8", action="store_true", help="fp8 matmuls in the blocks (nanochat.fp8)")
+    ap.add_argument("--loss-chunk-rows", type=int, default=0, help="override GPT.loss_chunk_rows (0 = keep)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--profile", action="store_true", help="profile one step after the timed ones")
     ap.add_argument("--top", type=int, default=25)
@@ -88,6 +89,8 @@ def main() -> None:
     if args.fp8:
         from nanochat.fp8 import convert_to_fp8
         convert_to_fp8(model.blocks)
+    if args.loss_chunk_rows > 0:
+        model.loss_chunk_rows = args.loss_chunk_rows
     optimizers = model.setup_optimizers()
     if args.scope == "off":
         run = model
@@ -125,7 +128,8 @@ def main() -> None:
     dt = statistics.median(dts[1:]) if len(dts) > 1 else dts[0]
     tokens = accum * B * T
     res = {
-        "depth": args.depth, "window": args.window, "batch": B, "scope": args.scope, "fp8": args.fp8, "torch": torch.__version__,
+        "depth": args.depth, "window": args.window, "batch": B, "scope": args.scope, "fp8": args.fp8,
+        "loss_chunk_rows": model.loss_chunk_rows, "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(device), "dt_ms": round(dt * 1000, 1),
         "tok_per_s": round(tokens / dt), "mfu_pct": round(100 * flops_per_token * tokens / dt / peak, 2),
         "time_to_first_step_s": round(ttfs, 1), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
