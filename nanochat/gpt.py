@@ -161,7 +161,24 @@ def rotary_tables(length: int, head_dim: int, device=None) -> tuple[torch.Tensor
 # ----------------------------------------------------------------------------- attention kernels
 
 _BLOCK_MASKS: dict = {}
-_FLEX_COMPILED = None
+
+
+class CompiledOutsideTrace:
+    """Call `fn` through a torch.compile'd copy, made on the first eager call; inside a Dynamo trace
+    call `fn` itself (the outer compilation fuses it, and compiling while tracing would not work).
+    For kernels that are only fast compiled but are called from eager code under regional
+    compilation (FlexAttention, the loss chunk)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled = None
+
+    def __call__(self, *args, **kwargs):
+        if torch.compiler.is_compiling():
+            return self.fn(*args, **kwargs)
+        if self.compiled is None:
+            self.compiled = torch.compile(self.fn, dynamic=False)
+        return self.compiled(*args, **kwargs)
 
 
 def _sliding_block_mask(T: int, window: int, device):
@@ -185,16 +202,8 @@ def uses_flex(window: int | None, T: int, device) -> bool:
     return window is not None and window < T and device.type == "cuda" and HAS_FLEX
 
 
-def _flex(q, k, v, block_mask, enable_gqa):
-    """flex_attention must run compiled to be fast (eager it materialises all the scores). Inside a
-    torch.compile'd region the outer compile fuses it; eager callers get a lazily compiled copy
-    (created outside any trace: creating it while Dynamo traces would not work)."""
-    global _FLEX_COMPILED
-    if torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
-    if _FLEX_COMPILED is None:
-        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False)
-    return _FLEX_COMPILED(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+# flex_attention must run compiled to be fast (eager, it materialises all the scores)
+_flex_compiled = CompiledOutsideTrace(flex_attention) if HAS_FLEX else None
 
 
 def band_mask(Tq: int, Tk: int, q_offset: int, window: int | None, device) -> torch.Tensor:
@@ -228,7 +237,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
             impl = "flex" if uses_flex(window, Tq, q.device) else "sdpa_mask"
         if impl == "flex":
             bm = _sliding_block_mask(Tq, window if window is not None else Tq, q.device)
-            return _flex(q, k, v, bm, gqa)
+            return _flex_compiled(q, k, v, block_mask=bm, enable_gqa=gqa)
     # explicit mask: KV-cache inference, CPU windows, forced sdpa_mask
     if Tq == 1 and full:
         return F.scaled_dot_product_attention(q, k, v, **extra)  # one query sees every cached key
@@ -375,19 +384,9 @@ def _softcap_ce_chunk(xc: torch.Tensor, w: torch.Tensor, targets: torch.Tensor):
     return loss, dz
 
 
-_CE_CHUNK_COMPILED = None
-
-
-def _ce_chunk_fn(device: torch.device):
-    """The chunk function to call: on CUDA outside a trace, a compiled copy (eager, the ~8
-    elementwise passes over a [rows, vocab] fp32 block each go through memory; compiled, they fuse
-    into about two), else the plain function (inside a compiled model the outer compile fuses it)."""
-    global _CE_CHUNK_COMPILED
-    if device.type != "cuda" or torch.compiler.is_compiling():
-        return _softcap_ce_chunk
-    if _CE_CHUNK_COMPILED is None:
-        _CE_CHUNK_COMPILED = torch.compile(_softcap_ce_chunk, dynamic=False)
-    return _CE_CHUNK_COMPILED
+# on CUDA the chunk runs compiled: eager, its ~8 elementwise passes over a [rows, vocab] fp32 block
+# each go through memory; compiled, they fuse into about two
+_softcap_ce_chunk_compiled = CompiledOutsideTrace(_softcap_ce_chunk)
 
 
 class _ChunkedSoftcapCE(torch.autograd.Function):
@@ -405,7 +404,7 @@ class _ChunkedSoftcapCE(torch.autograd.Function):
         dev = x.device.type
         # match what autocast would do for the lm_head matmul: compute dtype of the matmuls
         cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
-        chunk_fn = _ce_chunk_fn(x.device)
+        chunk_fn = _softcap_ce_chunk_compiled if x.device.type == "cuda" else _softcap_ce_chunk
         with torch.autocast(dev, enabled=False):
             N = x.size(0)
             w = weight.to(cdt)

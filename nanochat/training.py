@@ -261,7 +261,7 @@ def maybe_compile(ctx: RunContext, model, dynamic: bool | None = False):
     """What to call for training forwards: the model itself, or (with --compile) its compiled form."""
     if not ctx.compile:
         return model
-    return model.compile_for_training(getattr(ctx.args, "compile_scope", "blocks"), dynamic=dynamic)
+    return model.compile_for_training(ctx.args.compile_scope, dynamic=dynamic)
 
 
 def apply_schedules(optimizers, lrm: float, momentum: float | None = None) -> None:
