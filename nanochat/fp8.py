@@ -83,16 +83,16 @@ class Fp8Linear(nn.Linear):
     """nn.Linear (no bias) whose matmul runs in fp8; same parameters and state_dict keys."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dev = x.device.type
-        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
-            out_dtype = torch.bfloat16
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.size(-1))
         if x2.size(0) % 16 != 0:
             # _scaled_mm needs every dimension divisible by 16; odd row counts (one decoded token,
             # a short eval batch) are few rows, so they simply take the bf16 path
             return super().forward(x)
+        dev = x.device.type
+        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            out_dtype = torch.bfloat16
         with torch.autocast(dev, enabled=False):
             y = _Fp8Matmul.apply(x2, self.weight, out_dtype)
         return y.view(*lead, y.size(-1))
