@@ -371,16 +371,22 @@ def _softcap_ce_chunk(xc: torch.Tensor, w: torch.Tensor, targets: torch.Tensor):
     """One chunk of rows: (summed loss over non-ignored rows, d loss / d raw logits in xc's dtype).
 
     The gradient of the soft-capped cross-entropy w.r.t. the raw logits z is
-    (softmax - onehot) * (1 - tanh(z/15)^2), zero for ignored rows (target -1)."""
+    (softmax - onehot) * (1 - tanh(z/15)^2), zero for ignored rows (target -1).
+
+    Written so that, compiled, nothing of size [rows, V] is stored besides z and dz: the one-hot is
+    a comparison with a column index (a scatter into the probabilities would force them into
+    memory as fp32, 4 bytes per logit written and read back), and the target's logit is gathered
+    from z, not from the capped fp32 logits (a gather would make those a stored buffer too)."""
     valid = (targets != -1).unsqueeze(1)
     safe_t = targets.clamp(min=0).unsqueeze(1)
-    th = torch.tanh((xc @ w.t()).float() / SOFTCAP)          # [rows, V] fp32
+    z = xc @ w.t()                                            # [rows, V], matmul dtype
+    th = torch.tanh(z.float() / SOFTCAP)
     logits = th * SOFTCAP
     lse = torch.logsumexp(logits, dim=1, keepdim=True)
-    picked = logits.gather(1, safe_t)
+    picked = torch.tanh(z.gather(1, safe_t).float() / SOFTCAP) * SOFTCAP
     loss = ((lse - picked) * valid).sum()
-    probs = torch.exp(logits - lse).scatter_add(1, safe_t, torch.full_like(picked, -1.0))
-    dz = (probs * (1.0 - th * th) * valid).to(xc.dtype)
+    onehot = torch.arange(z.size(1), device=z.device) == safe_t
+    dz = ((torch.exp(logits - lse) - onehot.float()) * (1.0 - th * th) * valid).to(xc.dtype)
     return loss, dz
 
 
