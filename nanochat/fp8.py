@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 E4M3 = torch.float8_e4m3fn
 E5M2 = torch.float8_e5m2
@@ -80,28 +79,23 @@ class _Fp8Matmul(torch.autograd.Function):
         return grad_x.to(ctx.x_dtype), grad_w.to(ctx.w_dtype), None
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """F.linear(x, weight) (no bias) with the matmul in fp8; weight [N, K] with N, K multiples of 16."""
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.size(-1))
-    if x2.size(0) % 16 != 0:
-        # _scaled_mm needs every dimension divisible by 16; odd row counts (one decoded token,
-        # a short eval batch) are few rows, so they simply take the bf16 path
-        return F.linear(x, weight)
-    dev = x.device.type
-    out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-    if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        out_dtype = torch.bfloat16
-    with torch.autocast(dev, enabled=False):
-        y = _Fp8Matmul.apply(x2, weight, out_dtype)
-    return y.view(*lead, y.size(-1))
-
-
 class Fp8Linear(nn.Linear):
     """nn.Linear (no bias) whose matmul runs in fp8; same parameters and state_dict keys."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fp8_linear(x, self.weight)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.size(-1))
+        if x2.size(0) % 16 != 0:
+            # _scaled_mm needs every dimension divisible by 16; odd row counts (one decoded token,
+            # a short eval batch) are few rows, so they simply take the bf16 path
+            return super().forward(x)
+        dev = x.device.type
+        out_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            out_dtype = torch.bfloat16
+        with torch.autocast(dev, enabled=False):
+            y = _Fp8Matmul.apply(x2, self.weight, out_dtype)
+        return y.view(*lead, y.size(-1))
 
 
 def convert_to_fp8(module: nn.Module) -> int:

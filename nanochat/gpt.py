@@ -37,8 +37,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanochat.fp8 import Fp8Linear, fp8_linear
-
 try:  # FlexAttention is only used on CUDA; guard so that CPU / older builds still import
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     HAS_FLEX = True
@@ -310,19 +308,6 @@ class KVCache:
 # ----------------------------------------------------------------------------- modules
 
 
-def fused_projection(x: torch.Tensor, linears: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
-    """(lin(x) for lin in linears) as ONE matmul: the bias-free weights are concatenated along the
-    output dimension and the result is split back into views. One GEMM of width 3D instead of
-    three of width D reads x once, gives cuBLAS a better shape, sums the three input gradients
-    inside the backward GEMM instead of in two extra passes, and under --fp8 quantises x once
-    instead of three times. The parameters stay separate (same state_dict, and Muon still
-    orthogonalises each matrix on its own); the concatenation is a few MB per call.
-    fp8 only when every layer was converted (convert_to_fp8 skips dimensions not divisible by 16)."""
-    weight = torch.cat([lin.weight for lin in linears])
-    matmul = fp8_linear if all(isinstance(lin, Fp8Linear) for lin in linears) else F.linear
-    return matmul(x, weight).split([lin.out_features for lin in linears], dim=-1)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int, window: int | None):
         super().__init__()
@@ -337,10 +322,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, kv_cache: KVCache | None = None):
         B, T, _ = x.shape
-        q, k, v = fused_projection(x, (self.c_q, self.c_k, self.c_v))
-        q = q.view(B, T, self.n_head, self.head_dim)
-        k = k.view(B, T, self.n_kv_head, self.head_dim)
-        v = v.view(B, T, self.n_kv_head, self.head_dim)
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         # QK-norm after rotary. With a parameter-free RMSNorm over the whole head the order does not
         # matter (rotary is an orthogonal map, so it preserves the RMS); norming bounds the logits.
         q = norm(apply_rotary(q, cos, sin))

@@ -6,11 +6,9 @@ import warnings
 
 import pytest
 import torch
-import torch.nn as nn
 
 import nanochat.gpt as G
-from nanochat.fp8 import convert_to_fp8
-from nanochat.gpt import GPT, GPTConfig, KVCache, fused_projection
+from nanochat.gpt import GPT, GPTConfig, KVCache
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -440,34 +438,3 @@ def test_regional_compile_matches_eager_and_shares_graphs():
         list(model.generate([1, 2, 3], max_tokens=4, temperature=0.0))
     assert counters["stats"]["unique_graphs"] == 2
     torch._dynamo.reset()
-
-
-# ----------------------------------------------------------------------------- fused q/k/v projection
-
-
-@pytest.mark.parametrize("fp8", [False, True])
-def test_fused_projection_equals_separate_layers_in_value_and_gradient(fp8):
-    """One GEMM over the concatenated weights gives each layer's output and each weight's gradient
-    (grouped-query shapes: the k/v layers are narrower than q). fp8: checked against float64."""
-    torch.manual_seed(3)
-    lins = tuple(nn.Linear(64, n, bias=False) for n in (64, 32, 32))
-    if fp8:
-        holder = nn.Sequential(*lins)
-        assert convert_to_fp8(holder) == 3
-        lins = tuple(holder)
-    x = torch.randn(2, 16, 64, requires_grad=True)
-    gys = [torch.randn(2, 16, lin.out_features) for lin in lins]
-    outs = fused_projection(x, lins)
-    assert [tuple(o.shape) for o in outs] == [(2, 16, 64), (2, 16, 32), (2, 16, 32)]
-    sum((o * g).sum() for o, g in zip(outs, gys)).backward()
-    x64 = x.detach().double()
-    for lin, out, gy in zip(lins, outs, gys):
-        w64 = lin.weight.detach().double()
-        want_y, want_gw = x64 @ w64.t(), gy.double().flatten(0, 1).t() @ x64.flatten(0, 1)
-        tol = 0.1 if fp8 else 1e-6
-        assert ((out.double() - want_y).norm() / want_y.norm()).item() < tol
-        assert ((lin.weight.grad.double() - want_gw).norm() / want_gw.norm()).item() < tol
-        if fp8:  # and it really ran in fp8 (bf16/fp32 would be far closer than fp8 rounding)
-            assert ((out.double() - want_y).norm() / want_y.norm()).item() > 1e-3
-    want_gx = sum(gy.double() @ lin.weight.detach().double() for lin, gy in zip(lins, gys))
-    assert ((x.grad.double() - want_gx).norm() / want_gx.norm()).item() < (0.1 if fp8 else 1e-6)
