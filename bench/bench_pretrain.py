@@ -88,7 +88,8 @@ def main() -> None:
     for r in rows:
         tps = f"{r['tok_per_s']:,.0f}" if r["tok_per_s"] else "FAILED"
         mfu = f"{r['mfu_pct']:.2f}%" if r["mfu_pct"] is not None else "-"
-        print(f"| {r['config']} | {r['device_batch']} | {tps} | {mfu} | {r['dt_ms']} | "
+        dt = f"{r['dt_ms']:.1f}" if r["dt_ms"] is not None else "-"
+        print(f"| {r['config']} | {r['device_batch']} | {tps} | {mfu} | {dt} | "
               f"{r['peak_mem_gib']} | {r['time_to_first_step_s']} |")
 
 

@@ -446,9 +446,9 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        # rows of the flattened [B*T, D] final activations per loss chunk (see _loss). H100, d12, 65,536
-        # rows per micro-step: 8192 -> 486K tok/s, 32768 -> 493K (+1.4%) but +6 GiB of peak memory,
-        # which d20 at device batch 32 (69.5 GiB) cannot spare on an 80 GB card.
+        # rows of the flattened [B*T, D] final activations per loss chunk (see _loss). H100, 65,536 rows
+        # per micro-step: 8192 -> 32768 gives d12 +0.5% tok/s, d20 nothing, and +4.5 GiB of peak memory
+        # that d20 at device batch 32 (69 GiB) can hardly spare on an 80 GB card (bench/RESULTS.md).
         self.loss_chunk_rows = 8192
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i, w) for i, w in enumerate(config.layer_windows()))
