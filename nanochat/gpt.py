@@ -198,8 +198,40 @@ def _sliding_block_mask(T: int, window: int, device):
 
 
 def uses_flex(window: int | None, T: int, device) -> bool:
-    """Does a training (no KV cache) attention call with this window take the FlexAttention path?"""
+    """May a training (no KV cache) attention call with this window take the FlexAttention path?
+    (True also where window_backend will pick cuDNN for the actual tensors: a block mask built and
+    not used costs milliseconds once, one built inside a trace costs a recompilation.)"""
     return window is not None and window < T and device.type == "cuda" and HAS_FLEX
+
+
+_CUDNN_WINDOW: list = []  # [the op or None] once looked up
+
+
+def cudnn_window_sdpa():
+    """cuDNN's own sliding-window attention (the torch op of NVIDIA's cudnn frontend, the optional
+    `nvidia-cudnn-frontend` package), or None where that package is not installed or does not load.
+    H100, d20 shape (B 32, H 10, T 2048, hd 128, window 1024), forward + backward: 2.72 ms against
+    FlexAttention's 3.22 ms (bench/window_attention.py). Looked up once, eagerly (GPT.forward does
+    it before any compiled block runs: an import inside a Dynamo trace would break the graph)."""
+    if not _CUDNN_WINDOW:
+        try:
+            from cudnn.sdpa.fwd.torch_op import sdpa
+        except Exception:  # not installed, or no loadable libcudnn: FlexAttention does the job
+            sdpa = None
+        _CUDNN_WINDOW.append(sdpa)
+    return _CUDNN_WINDOW[0]
+
+
+def window_backend(window: int, q: torch.Tensor, k: torch.Tensor) -> str:
+    """Kernel for a training attention call (no KV cache, Tq == Tk) whose window cuts keys off:
+    "cudnn" where cudnn_window_sdpa() exists and takes the tensors (CUDA, bf16/fp16, head_dim <= 128,
+    as many kv heads as query heads), else "flex" (CUDA with FlexAttention), else "sdpa_mask"."""
+    if q.device.type != "cuda":
+        return "sdpa_mask"
+    if (q.dtype in (torch.bfloat16, torch.float16) and q.size(-1) <= 128 and q.size(1) == k.size(1)
+            and cudnn_window_sdpa() is not None):
+        return "cudnn"
+    return "flex" if uses_flex(window, q.size(2), q.device) else "sdpa_mask"
 
 
 # flex_attention must run compiled to be fast (eager, it materialises all the scores)
@@ -223,7 +255,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
 
     q [B, H, Tq, hd]; k, v [B, Hkv, Tk, hd] with Hkv | H (query head h uses kv head h // (H/Hkv)).
     Query i is at absolute position q_offset + i; keys are at positions 0..Tk-1.
-    impl: None = choose by device; "sdpa_mask" or "flex" force a back end (tests).
+    impl: None = choose by device and installed kernels (window_backend); "sdpa_mask", "flex" or
+    "cudnn" force one (tests).
     """
     Tq, Tk = q.size(2), k.size(2)
     gqa = q.size(1) != k.size(1)
@@ -234,7 +267,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
         if impl is None:
             if full:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, **extra)
-            impl = "flex" if uses_flex(window, Tq, q.device) else "sdpa_mask"
+            impl = window_backend(window, q, k)
+        if impl == "cudnn":
+            # window_left=window is our band, `window` keys ending at the query's own (window - 1
+            # measured one key short against the masked reference: bench/window_attention.py, and
+            # tests/test_gpt.py on CUDA); the op's backward needs the forward's softmax statistics
+            return cudnn_window_sdpa()(q, k, v, is_causal=True, window_left=window, window_right=0,
+                                       return_lse=True)[0]
         if impl == "flex":
             bm = _sliding_block_mask(Tq, window if window is not None else Tq, q.device)
             return _flex_compiled(q, k, v, block_mask=bm, enable_gqa=gqa)
@@ -574,8 +613,11 @@ class GPT(nn.Module):
         raise ValueError(f"compile scope must be 'blocks' or 'model', got {scope!r}")
 
     def _warm_block_masks(self, T: int):
-        """Build (eagerly, once per T) the FlexAttention block masks the attention layers will use."""
+        """Eagerly, before compiled blocks run: look up the cuDNN window kernel, and build (once per T)
+        the FlexAttention block masks the attention layers may use."""
         device = self.wte.weight.device
+        if device.type == "cuda":
+            cudnn_window_sdpa()
         for w in set(self.config.layer_windows()):
             if uses_flex(w, T, device):
                 _sliding_block_mask(T, w, device)

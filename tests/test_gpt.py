@@ -215,6 +215,32 @@ def test_flex_block_mask_semantics_match_band_mask():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_window_backend_without_cuda_is_the_explicit_mask():
+    q = k = torch.randn(1, 2, 64, 16, dtype=torch.bfloat16)
+    assert G.window_backend(16, q, k) == "sdpa_mask"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's window kernel needs CUDA")
+def test_cudnn_window_matches_the_band_in_value_and_gradient():
+    """Where nvidia-cudnn-frontend is installed, window layers run cuDNN's sliding-window kernel; it
+    must give exactly our band (window keys ending at the query's own), forward and backward."""
+    if G.cudnn_window_sdpa() is None:
+        pytest.skip("nvidia-cudnn-frontend is not installed")
+    torch.manual_seed(0)
+    B, H, T, D, W = 2, 4, 384, 64, 100
+    q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_(True)
+               for _ in range(3))
+    assert G.window_backend(W, q, k) == "cudnn"
+    out = G.attention(q, k, v, window=W)
+    go = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), go)
+    q32, k32, v32 = (t.detach().float().requires_grad_(True) for t in (q, k, v))
+    ref = G.attention(q32, k32, v32, window=W, impl="sdpa_mask")
+    ref_grads = torch.autograd.grad(ref, (q32, k32, v32), go.float())
+    for got, want in zip((out, *grads), (ref, *ref_grads)):
+        assert ((got.float() - want).norm() / want.norm()).item() < 0.01
+
+
 def test_sliding_window_receptive_field_of_a_block():
     """Block 0 of an "SL" model (window 8) only mixes tokens less than 8 positions apart; the final
     (L) block sees everything."""
