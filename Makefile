@@ -34,6 +34,9 @@ IN_NIX_SHELL ?=
 VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PIP_EXTRA  ?=
+# the package extras installed into .venv: add cudnn on NVIDIA machines (PY_EXTRAS=test,cudnn) for
+# cuDNN's sliding-window attention kernel (README, Dependencies)
+PY_EXTRAS  ?= test
 SYSTEM_PYTHON ?= python3
 ifneq ($(IN_NIX_SHELL),)
   PY       ?= python3
@@ -311,7 +314,7 @@ help: ## show verbs and variables (default goal)
 	   UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC FP8 EVAL_TOKENS \
 	   CORE_MAX_PER_TASK MID_ITERATIONS MID_TOTAL_BATCH_SIZE MID_INIT_LR_FRAC SFT_EPOCHS SFT_ITERATIONS \
 	   SFT_INIT_LR_FRAC SFT_TARGET_EXAMPLES SFT_DEVICE_BATCH_SIZE SFT_EVAL_STEPS MID_EVAL_TOKENS CHAT_EVAL_MAX CHAT_MAX_NEW_TOKENS MODEL_TAG WANDB_RUN DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS TRACK_CODE \
-	   TORCH_SPEC PIP_EXTRA VENV PY PROMPT TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
+	   TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
 	@echo
 	@echo "Semantic variables make their stage (and what follows) stale; NPROC, DEVICE_BATCH_SIZE,"
 	@echo "DEVICE_TYPE and WANDB_RUN never do. See README.md, 'The pipeline'."
@@ -424,12 +427,12 @@ $(REPORT): $(call stale,report) | $(call deps_of,report) $(VENV_DEP)
 
 # ============================================================================ the virtualenv
 # Content-tracked like a stage: reinstalled when pyproject.toml's content or TORCH_SPEC changes.
-venv_params := torch=$(TORCH_SPEC);pip_extra=$(PIP_EXTRA);pyproject=$(firstword $(shell sha256sum pyproject.toml 2>/dev/null))
+venv_params := torch=$(TORCH_SPEC);pip_extra=$(PIP_EXTRA);extras=$(PY_EXTRAS);pyproject=$(firstword $(shell sha256sum pyproject.toml 2>/dev/null))
 $(VENV)/.installed: $(if $(call eq,$(strip $(file <$(VENV)/.installed)),$(strip $(venv_params))),,FORCE)
 	@echo "bootstrapping $(VENV) with $(TORCH_SPEC) (see TORCH_SPEC in README.md)"
 	rm -f $@
 	$(SYSTEM_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) '$(TORCH_SPEC)'
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) -e '.[$(PY_EXTRAS)]'
 	@printf '%s' $(call q,$(venv_params)) > $@.tmp && mv -f $@.tmp $@

@@ -234,6 +234,15 @@ def window_backend(window: int, q: torch.Tensor, k: torch.Tensor) -> str:
     return "flex" if uses_flex(window, q.size(2), q.device) else "sdpa_mask"
 
 
+def describe_window_kernel(device) -> str:
+    """One line for the training log: which kernel the window layers will run on `device` (bf16)."""
+    if device.type != "cuda":
+        return "explicit-mask SDPA (no GPU)"
+    if cudnn_window_sdpa() is not None:
+        return "cuDNN sliding-window SDPA (nvidia-cudnn-frontend)"
+    return "FlexAttention (pip install nvidia-cudnn-frontend, or PY_EXTRAS=test,cudnn, for cuDNN's faster kernel)"
+
+
 # flex_attention must run compiled to be fast (eager, it materialises all the scores)
 _flex_compiled = CompiledOutsideTrace(flex_attention) if HAS_FLEX else None
 

@@ -183,7 +183,7 @@ def main(argv=None) -> None:
 def run(ctx, args) -> None:
     from nanochat import checkpoint_manager as ckm
     from nanochat.dataloader import pretrain_loader
-    from nanochat.gpt import GPT, GPTConfig
+    from nanochat.gpt import GPT, GPTConfig, describe_window_kernel
     from nanochat.loss_eval import evaluate_loss_bpb
     from nanochat.optim import lr_multiplier, muon_momentum
     from nanochat.tokenizer import get_token_bytes, get_tokenizer
@@ -238,6 +238,8 @@ def run(ctx, args) -> None:
     print0(f"model: depth {config.n_layer}, dim {config.n_embd}, heads {config.n_head}, windows "
            f"{config.window_pattern}, vocab {vocab:,}, params {nparams['total']:,} "
            f"(matmul {nparams['matmul']:,}), FLOPs/token {flops_per_token:.3e}")
+    if any(w is not None and w < T for w in config.layer_windows()):
+        print0(f"window attention: {describe_window_kernel(ctx.device)}")
     print0(f"batch: {args.total_batch_size:,} tokens/step = {B} x {T} x {ctx.world} process(es) x {accum} "
            f"micro-step(s); horizon {N:,} steps ({why}), {args.total_batch_size * N:,} tokens, "
            f"{total_flops:.3e} FLOPs, tokens:params {args.total_batch_size * N / nparams['total']:.2f}")

@@ -49,6 +49,7 @@ def test_tiny_run_learns_and_reports(base_dir):
     assert sum(ls[s] for s in range(26, 31)) / 5 < ls[1] - 2.0, ls  # ~6.0 -> ~1.2 on this corpus
     assert "time to first step" in out and "tok/s" in out and "mfu" in out and "eta" in out
     assert "sample |" in out
+    assert "window attention: explicit-mask SDPA (no GPU)" in out  # SL pattern, short window 32 < 64
     vals = [float(x) for x in re.findall(r"val_bpb ([0-9.]+)", out)]
     assert len(vals) == 3 and vals[-1] < vals[0]
     d = base_dir / "base_checkpoints" / "tiny"
