@@ -221,13 +221,15 @@ def test_window_backend_without_cuda_is_the_explicit_mask():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's window kernel needs CUDA")
-def test_cudnn_window_matches_the_band_in_value_and_gradient():
+@pytest.mark.parametrize("T", [384, 300])
+def test_cudnn_window_matches_the_band_in_value_and_gradient(T):
     """Where nvidia-cudnn-frontend is installed, window layers run cuDNN's sliding-window kernel; it
-    must give exactly our band (window keys ending at the query's own), forward and backward."""
+    must give exactly our band (window keys ending at the query's own), forward and backward, also
+    for a length that is not a multiple of the kernel's tiles."""
     if G.cudnn_window_sdpa() is None:
         pytest.skip("nvidia-cudnn-frontend is not installed")
     torch.manual_seed(0)
-    B, H, T, D, W = 2, 4, 384, 64, 100
+    B, H, D, W = 2, 4, 64, 100
     q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_(True)
                for _ in range(3))
     assert G.window_backend(W, q, k) == "cudnn"
