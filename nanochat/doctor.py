@@ -179,6 +179,11 @@ def collect() -> dict:
             info["cudnn"] = torch.backends.cudnn.version()
         except Exception:
             info["cudnn"] = None
+        try:  # which kernel sliding-window layers get (cuDNN's needs the optional nvidia-cudnn-frontend)
+            from nanochat.gpt import describe_window_kernel
+            info["window_kernel"] = describe_window_kernel(torch.device("cuda"))
+        except Exception as exc:  # noqa: BLE001
+            info["window_kernel"] = f"unknown ({type(exc).__name__}: {exc})"
         try:
             nccl = torch.cuda.nccl.version()
             info["nccl"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
@@ -234,6 +239,7 @@ def render(info: dict, brief: bool) -> list[str]:
             if info["gpus"]:
                 lines.append(f"  libcuda loaded from: {info.get('libcuda') or '?'}")
                 lines.append(f"  cuDNN: {info.get('cudnn')}; NCCL: {info.get('nccl')}")
+                lines.append(f"  window attention: {info.get('window_kernel')}")
             lines.append(f"  libuv TCPStore backend: {libuv_store_available()} "
                          f"(USE_LIBUV={os.environ.get('USE_LIBUV', '<unset>')}; without libuv launch "
                          f"with `python -m nanochat.torchrun_no_libuv`)")
