@@ -120,9 +120,12 @@ def install() -> type:
             if trace:
                 bound = dict(zip(names, args))
                 bound.update(kwargs)
-                print(f"torchrun_no_libuv: pid={os.getpid()} TCPStore({bound.get('host_name')}:"
-                      f"{self.port}, is_master={bool(bound.get('is_master', False))}) "
-                      f"libuvBackend={self.libuvBackend}", file=sys.stderr, flush=True)
+                # one write() with the newline: several processes share this stderr pipe, and an
+                # unbuffered print() writes the text and its newline separately, so lines interleaved
+                sys.stderr.write(f"torchrun_no_libuv: pid={os.getpid()} TCPStore({bound.get('host_name')}:"
+                                 f"{self.port}, is_master={bool(bound.get('is_master', False))}) "
+                                 f"libuvBackend={self.libuvBackend}\n")
+                sys.stderr.flush()
 
     setattr(TCPStoreNoLibuv, _PATCH_MARK, True)
     TCPStoreNoLibuv.__module__ = __name__ if __name__ != "__main__" else "nanochat.torchrun_no_libuv"

@@ -41,7 +41,7 @@ WORKER = textwrap.dedent("""
 
 # non-greedy, and path0 stops before a following RESULT: two workers' lines may interleave
 RESULT = re.compile(r"RESULT rank=(\d+) world=(\d+) sum=(\S+) libuv=(\w+) argv=(.*?) argv0=(\S+?) path0=(\S+?)(?=RESULT|\s|$)")
-TRACE = re.compile(r"torchrun_no_libuv: pid=(\d+) TCPStore\((\S+), is_master=(\w+)\) libuvBackend=(\w+)")
+TRACE = re.compile(r"torchrun_no_libuv: pid=(\d+) TCPStore\((\S+), is_master=(True|False)\) libuvBackend=(True|False)")
 
 
 def _free_port() -> int:
