@@ -13,7 +13,9 @@ import json
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import flex_attention
+
+from bench.attention_bench import add_shape_args, band_block_mask, fwd_bwd_runner
 
 VARIANTS = {
     "default": None,
@@ -27,11 +29,7 @@ VARIANTS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--heads", type=int, default=10)
-    ap.add_argument("--seq-len", type=int, default=2048)
-    ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--window", type=int, default=1024)
+    add_shape_args(ap)
     args = ap.parse_args()
     from triton.testing import do_bench
     B, H, T, D, W = args.batch, args.heads, args.seq_len, args.head_dim, args.window
@@ -39,17 +37,11 @@ def main() -> None:
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, H, T, D, device=dev, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     go = torch.randn(B, H, T, D, device=dev, dtype=torch.bfloat16)
-
-    def band(b, h, qi, ki):
-        return (qi >= ki) & (qi - ki < W)
-    bm = create_block_mask(band, None, None, T, T, device=dev)
+    bm = band_block_mask(T, W, dev)
     results = {}
 
     def fwd_bwd(fn):
-        def run():
-            q.grad = k.grad = v.grad = None
-            fn().backward(go)
-        return run
+        return fwd_bwd_runner(fn, (q, k, v), go)
 
     ref_out = None
     for name, opts in VARIANTS.items():

@@ -15,7 +15,9 @@ import json
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import flex_attention
+
+from bench.attention_bench import add_shape_args, band_block_mask, fwd_bwd_runner
 
 
 def band_reference(q, k, v, window):
@@ -32,11 +34,7 @@ def rel(a, b):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--heads", type=int, default=10)
-    ap.add_argument("--seq-len", type=int, default=2048)
-    ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--window", type=int, default=1024)
+    add_shape_args(ap)
     args = ap.parse_args()
     from triton.testing import do_bench
     import cudnn
@@ -61,14 +59,11 @@ def main() -> None:
     base = [torch.randn(B, T, H, D, device=dev, dtype=bf) for _ in range(3)]
     q, k, v = (t.transpose(1, 2).requires_grad_(True) for t in (b.clone() for b in base))
     go = torch.randn(B, H, T, D, device=dev, dtype=bf)
-
-    def band(b, h, qi, ki):
-        return (qi >= ki) & (qi - ki < W)
-    bm = create_block_mask(band, None, None, T, T, device=dev)
+    bm = band_block_mask(T, W, dev)
     flex = torch.compile(lambda q, k, v: flex_attention(q, k, v, block_mask=bm), dynamic=False)
     backends = {
         "flex": lambda: flex(q, k, v),
-        "cudnn_window": lambda: cudnn_sdpa(q, k, v, is_causal=True, window_left=W - 1, window_right=0,
+        "cudnn_window": lambda: cudnn_sdpa(q, k, v, is_causal=True, window_left=W, window_right=0,
                                            return_lse=True)[0],
         "sdpa_full_causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
     }
@@ -79,11 +74,7 @@ def main() -> None:
             out = fn()
             out.backward(go)
             grads[name] = (out.detach(), q.grad.clone(), k.grad.clone(), v.grad.clone())
-
-            def fwd_bwd():
-                q.grad = k.grad = v.grad = None
-                fn().backward(go)
-            ms = do_bench(fwd_bwd, warmup=30, rep=300, return_mode="median")
+            ms = do_bench(fwd_bwd_runner(fn, (q, k, v), go), warmup=30, rep=300, return_mode="median")
             with torch.no_grad():
                 ms_f = do_bench(fn, warmup=30, rep=200, return_mode="median")
             results[name] = {"fwd_bwd_ms": round(ms, 3), "fwd_ms": round(ms_f, 3)}
