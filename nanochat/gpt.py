@@ -14,14 +14,16 @@ i - w < j <= i, i.e. w keys including itself ("L" = unlimited).
 
 Attention back ends:
 - CUDA, no KV cache: full causal -> SDPA(is_causal=True) (flash kernel); sliding window ->
-  FlexAttention with a block mask cached per (T, window, device) so no T x T mask exists.
+  cuDNN's sliding-window SDPA where the optional nvidia-cudnn-frontend is installed, else
+  FlexAttention with a block mask cached per (T, window, device); no T x T mask exists either way.
 - CPU/MPS, no KV cache: SDPA with an explicit boolean band mask (small sizes only).
 - with a KV cache (inference, any device): SDPA over cache[:pos+T] with an explicit
   causal + window mask offset by pos.
 
 Measured on one H100 (torch 2.11, bf16 autocast, d20, device batch 32, 524,288 tokens per step,
-bench/RESULTS.md): "L" 155K tok/s (50.9% MFU), "SSSL" 154K (46.9%); with --fp8 176K / 174K. Time
-to the first step at d20 SSSL, cold compile cache: 47-70 s (whole-model compile: 104-182 s).
+bench/RESULTS.md): "L" 155K tok/s (50.9% MFU), "SSSL" 162K (49.1%) with cuDNN's window kernel,
+154K with FlexAttention; with --fp8 176K / 184K (56.0%). Time to the first step at d20 SSSL, cold
+compile cache: 37-70 s (whole-model compile: 104-182 s).
 
 Training with torch.compile: GPT.compile_for_training compiles each block on its own (regional
 compilation: blocks with the same window share one graph, so compile time does not grow with depth);
@@ -235,12 +237,15 @@ def window_backend(window: int, q: torch.Tensor, k: torch.Tensor) -> str:
 
 
 def describe_window_kernel(device) -> str:
-    """One line for the training log: which kernel the window layers will run on `device` (bf16)."""
-    if device.type != "cuda":
-        return "explicit-mask SDPA (no GPU)"
-    if cudnn_window_sdpa() is not None:
+    """One line for the training log and `make doctor`: the kernel window_backend picks for bf16
+    window layers on `device` (asked with a tiny probe tensor, so the answer is the same decision)."""
+    probe = torch.empty(1, 1, 2, 128, dtype=torch.bfloat16, device=device)
+    kind = window_backend(1, probe, probe)
+    if kind == "cudnn":
         return "cuDNN sliding-window SDPA (nvidia-cudnn-frontend)"
-    return "FlexAttention (pip install nvidia-cudnn-frontend, or PY_EXTRAS=test,cudnn, for cuDNN's faster kernel)"
+    if kind == "flex":
+        return "FlexAttention (pip install nvidia-cudnn-frontend, or PY_EXTRAS=test,cudnn, for cuDNN's faster kernel)"
+    return "explicit-mask SDPA " + ("(no GPU)" if device.type != "cuda" else "(no FlexAttention in this torch build)")
 
 
 # flex_attention must run compiled to be fast (eager, it materialises all the scores)
@@ -617,11 +622,11 @@ class GPT(nn.Module):
             self._compiled_blocks = [torch.compile(b, dynamic=dynamic) for b in self.blocks]
             return self
         if scope == "model":
-            self._warm_block_masks(self.config.sequence_len)
+            self._prepare_attention(self.config.sequence_len)
             return torch.compile(self, dynamic=dynamic)
         raise ValueError(f"compile scope must be 'blocks' or 'model', got {scope!r}")
 
-    def _warm_block_masks(self, T: int):
+    def _prepare_attention(self, T: int):
         """Eagerly, before compiled blocks run: look up the cuDNN window kernel, and build (once per T)
         the FlexAttention block masks the attention layers may use."""
         device = self.wte.weight.device
@@ -653,7 +658,7 @@ class GPT(nn.Module):
         blocks = self.blocks
         if kv_cache is None:
             if not torch.compiler.is_compiling():
-                self._warm_block_masks(T)
+                self._prepare_attention(T)
             if self._compiled_blocks is not None:
                 blocks = self._compiled_blocks
         x = norm(self.wte(idx))
