@@ -139,6 +139,16 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+def _activation_dtype(param: torch.Tensor) -> torch.dtype:
+    """The dtype of the residual stream: autocast's matmul dtype where autocast is on, else the
+    parameters' dtype. Parameters (and so their grads and optimizer states) stay fp32; only the
+    activations between blocks drop to bf16, which halves the bytes every norm, residual add and
+    their backward move: left in fp32 (the embedding's dtype) they cost H100 d20 SSSL ~4% of a step
+    (bench/RESULTS.md)."""
+    dev = param.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else param.dtype
+
+
 def softcap(logits: torch.Tensor) -> torch.Tensor:
     return SOFTCAP * torch.tanh(logits / SOFTCAP)
 
@@ -661,12 +671,13 @@ class GPT(nn.Module):
                 self._prepare_attention(T)
             if self._compiled_blocks is not None:
                 blocks = self._compiled_blocks
-        x = norm(self.wte(idx))
+        act_dtype = _activation_dtype(self.wte.weight)
+        x = norm(self.wte(idx)).to(act_dtype)
         for block in blocks:
             x = block(x, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        x = norm(x)
+        x = norm(x).to(act_dtype)
         if targets is None:
             return softcap(self.lm_head(x).float())
         return self._loss(x, targets, loss_reduction)

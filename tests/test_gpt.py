@@ -114,6 +114,31 @@ def test_forward_shapes_and_losses():
         model(idx, tgt, loss_reduction="avg")
 
 
+def test_residual_stream_runs_in_the_autocast_dtype_parameters_stay_fp32():
+    """Under bf16 autocast every block sees (and returns) a bf16 residual stream, and the loss still
+    reaches the fp32 parameters as fp32 grads; without autocast the stream is the parameters' fp32."""
+    cfg = tiny()
+    model = make_model(cfg)
+    idx = torch.randint(0, 256, (2, 16))
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, args, out: seen.append((args[0].dtype, out.dtype)))
+             for b in model.blocks]
+    model(idx, idx).backward()
+    assert seen == [(torch.float32, torch.float32)] * cfg.n_layer
+    seen.clear()
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(idx, idx)
+    loss.backward()
+    assert seen == [(torch.bfloat16, torch.bfloat16)] * cfg.n_layer
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32, name
+    assert model.wte.weight.grad.abs().sum() > 0
+    for h in hooks:
+        h.remove()
+
+
 def test_gqa_equals_mha_with_repeated_kv_heads():
     """A GQA model equals the MHA model whose k/v projections repeat each kv head for its group."""
     gqa = make_model(tiny(n_head=4, n_kv_head=2), seed=1)
