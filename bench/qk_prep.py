@@ -10,7 +10,7 @@ Each variant is compiled together with the attention that consumes it (SDPA full
 flash, as the model's L layers), under bf16 autocast, on q/k/v laid out as the model makes them
 ([B, T, H, hd] from the projections); "attention only" times the consumer alone, so a variant's
 own cost is the difference. Median ms from triton's do_bench; max relative error against the model's
-formulation (nanochat.gpt) is printed for each.
+formulation before the change (rotary_first) is printed for each.
 """
 from __future__ import annotations
 
@@ -24,13 +24,15 @@ from bench.attention_bench import add_shape_args, fwd_bwd_runner
 from nanochat.gpt import apply_rotary, norm, rotary_tables
 
 
-def model_prep(x, cos, sin):
-    """What CausalSelfAttention does now: rotary (bf16 tables), then RMSNorm, then cast."""
+def rotary_first(x, cos, sin):
+    """The order CausalSelfAttention used until commit 572a0eb: rotary (bf16 tables), then RMSNorm,
+    then cast. The reference for the error column (recorded as "model" in the 2026-11-25 raw results)."""
     return norm(apply_rotary(x, cos, sin)).to(torch.bfloat16)
 
 
 def norm_first(x, cos, sin):
-    """RMSNorm before rotary (same value: rotary is orthogonal, so it keeps the RMS)."""
+    """RMSNorm before rotary, what the model does now (same value: rotary is orthogonal, so it keeps
+    the RMS)."""
     return apply_rotary(norm(x).to(torch.bfloat16), cos, sin)
 
 
@@ -52,7 +54,7 @@ def rotate_half_tables(x, cos, sin):
     return norm(x.float() * c2 + swapped.float() * s2).to(torch.bfloat16)
 
 
-VARIANTS = {"model": model_prep, "norm_first": norm_first, "rotary_fp32": rotary_fp32,
+VARIANTS = {"rotary_first": rotary_first, "norm_first": norm_first, "rotary_fp32": rotary_fp32,
             "rotate_half_tables": rotate_half_tables}
 
 
@@ -81,7 +83,7 @@ def main() -> None:
                                                       v.transpose(1, 2), is_causal=True)
         return torch.compile(f)
 
-    ref = attend(model_prep)(q, k, v).float()
+    ref = attend(rotary_first)(q, k, v).float()
     for name, prep in [("attention only", None)] + list(VARIANTS.items()):
         fn = attend(prep)
         out = fn(q, k, v)
@@ -90,7 +92,7 @@ def main() -> None:
         run()
         ms = do_bench(run, warmup=10, rep=100)
         rows.append(dict(variant=name, fwd_bwd_ms=round(ms, 3), max_rel_err=round(err, 5)))
-        print(f"{name:>20}: {ms:7.3f} ms fwd+bwd   max rel err vs model {err:.1e}", flush=True)
+        print(f"{name:>20}: {ms:7.3f} ms fwd+bwd   max rel err vs rotary_first {err:.1e}", flush=True)
     base = rows[0]["fwd_bwd_ms"]
     for r in rows[1:]:
         print(f"{r['variant']:>20}: q/k prep costs {r['fwd_bwd_ms'] - base:6.3f} ms per layer")
