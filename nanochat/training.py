@@ -478,6 +478,7 @@ def train(ctx: RunContext, spec: TrainSpec) -> TrainResult:
     last_eval: dict = dict(evals[-1][1]) if evals else {}
     loader_state = None
     peak = get_peak_flops(device_name(ctx.device))
+    peak_known = math.isfinite(peak)  # CPUs and unlisted GPUs: MFU is "n/a", never a made-up 0%
     dts: list[float] = []
     mfus: list[float] = []
     tps: list[float] = []
@@ -548,7 +549,7 @@ def train(ctx: RunContext, spec: TrainSpec) -> TrainResult:
             tokens_trained += ntok_global
             train_losses.append([step, train_loss])
             tok_per_sec = ntok_global / dt
-            mfu = 100.0 * spec.flops_per_token * ntok_global / dt / (ctx.world * peak)
+            mfu = 100.0 * spec.flops_per_token * ntok_global / dt / (ctx.world * peak) if peak_known else math.nan
             if step - start > 1 or N - start <= 1:  # the first step includes compilation: keep it out
                 dts.append(dt)
                 tps.append(tok_per_sec)
@@ -566,19 +567,25 @@ def train(ctx: RunContext, spec: TrainSpec) -> TrainResult:
                 recent = dts[-50:]
                 eta = _fmt_time(sum(recent) / len(recent) * (N - step)) if recent else "?"
                 print0(f"step {step:05d}/{N:05d} ({100 * step / max(N, 1):5.1f}%) | loss {train_loss:.6f} | "
-                       f"lrm {lrm:.3f} | dt {dt * 1000:.1f}ms | tok/s {tok_per_sec:,.0f} | mfu {mfu:.2f}% | "
+                       f"lrm {lrm:.3f} | dt {dt * 1000:.1f}ms | tok/s {tok_per_sec:,.0f} | mfu {_fmt_mfu(mfu)} | "
                        f"eta {eta} | total {_fmt_time(total_time)}")
                 ctx.wandb.log({"step": step, "train/loss": train_loss, "train/lrm": lrm, "train/dt": dt,
-                               "train/tok_per_sec": tok_per_sec, "train/mfu": mfu})
+                               "train/tok_per_sec": tok_per_sec, **({"train/mfu": mfu} if peak_known else {})})
     finally:
         if gc_frozen:
             gc.enable()
             gc.unfreeze()
     mean = (lambda xs: sum(xs) / len(xs) if xs else 0.0)
     return TrainResult(final_step=step, train_losses=train_losses, evals=evals, last_eval=last_eval,
-                       total_time=total_time, mean_tok_per_sec=mean(tps), mean_mfu=mean(mfus),
+                       total_time=total_time, mean_tok_per_sec=mean(tps),
+                       mean_mfu=mean(mfus) if peak_known else math.nan,
                        tokens_trained=tokens_trained, time_to_first_step=time_to_first,
                        peak_memory_gib=ctx.peak_memory_gib(), extras=extras)
+
+
+def _fmt_mfu(mfu: float) -> str:
+    """MFU as the log prints it: a percentage, or n/a where the device's bf16 peak is unknown."""
+    return f"{mfu:.2f}%" if math.isfinite(mfu) else "n/a"
 
 
 def _fmt_metric(v) -> str:
@@ -639,7 +646,7 @@ def summary_metrics(ctx: RunContext, result: TrainResult) -> dict:
         "Tokens trained": result.tokens_trained,
         "Training time": _fmt_time(result.total_time),
         "Mean tok/s": result.mean_tok_per_sec,
-        "Mean MFU %": result.mean_mfu,
+        "Mean MFU %": result.mean_mfu if math.isfinite(result.mean_mfu) else "n/a (no bf16 peak known for this device)",
         "Processes": ctx.world,
         "Device": device_name(ctx.device),
     }
