@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-STEP_RE = re.compile(r"^step (\d+)/(\d+) .*\| loss ([\d.]+) .*\| dt ([\d.]+)ms \| tok/s ([\d,]+) \| mfu ([\d.]+)%")
+STEP_RE = re.compile(r"^step (\d+)/(\d+) .*\| loss ([\d.]+) .*\| dt ([\d.]+)ms \| tok/s ([\d,]+) \| mfu ([\d.]+%|n/a)")
 
 
 def run_config(spec: str, args) -> dict:
@@ -54,7 +54,8 @@ def run_config(spec: str, args) -> dict:
         "config": spec, "depth": depth, "window": window, "device_batch": bs, "rc": proc.returncode,
         "steps": len(steps), "wall_s": round(wall, 1),
         "tok_per_s": statistics.median(float(m.group(5).replace(",", "")) for m in tail) if tail else None,
-        "mfu_pct": statistics.median(float(m.group(6)) for m in tail) if tail else None,
+        "mfu_pct": (statistics.median(float(m.group(6)[:-1]) for m in tail)
+                    if tail and tail[-1].group(6) != "n/a" else None),  # n/a: no bf16 peak known (CPU)
         "dt_ms": statistics.median(float(m.group(4)) for m in tail) if tail else None,
         "first_losses": [float(m.group(3)) for m in steps[:50]],
         "time_to_first_step_s": float(first.group(1)) if first else None,

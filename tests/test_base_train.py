@@ -49,6 +49,9 @@ def test_tiny_run_learns_and_reports(base_dir):
     assert sum(ls[s] for s in range(26, 31)) / 5 < ls[1] - 2.0, ls  # ~6.0 -> ~1.2 on this corpus
     assert "time to first step" in out and "tok/s" in out and "eta" in out
     assert "| mfu n/a |" in out and "mfu 0.00%" not in out  # no bf16 peak is known for a CPU
+    from bench.bench_pretrain import STEP_RE as BENCH_STEP_RE  # the throughput bench parses these lines
+    step_lines = [line for line in out.splitlines() if STEP_RE.match(line)]
+    assert len(step_lines) == 30 and all(BENCH_STEP_RE.match(line) for line in step_lines), step_lines[:2]
     assert "sample |" in out
     assert "window attention: explicit-mask SDPA (no GPU)" in out  # SL pattern, short window 32 < 64
     vals = [float(x) for x in re.findall(r"val_bpb ([0-9.]+)", out)]
