@@ -11,7 +11,8 @@ the base dir on a machine that can (7 s here) and carry it (about 8 MB without o
     NANOCHAT_BASE_DIR=$PWD/.bench-data make tokenizer VOCAB_SIZE=32768 && rm -rf .bench-data/offline_packages
     # device: carry [".bench-data"], then NANOCHAT_BASE_DIR=$PWD/.bench-data python3 -m bench.bench_pretrain ...
 
-Medians are over the last `--median-of` steps, as the reference numbers in bench/RESULTS.md are. Output: a markdown table on stdout, JSON lines with --json FILE.
+Medians are over the last `--median-of` steps, as the reference numbers in bench/RESULTS.md are.
+Output: a markdown table on stdout, JSON lines with --json FILE.
 """
 from __future__ import annotations
 
