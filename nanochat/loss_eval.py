@@ -9,9 +9,12 @@ all-reduced, so every rank returns the same number.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.distributed as dist
+
+from nanochat.common import print0
 
 
 def _allreduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -22,11 +25,14 @@ def _allreduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_loss_bpb(model, batches, steps: int, token_bytes: torch.Tensor | None = None,
-                      autocast_ctx=None) -> dict:
+                      autocast_ctx=None, progress: str | None = None, progress_every_s: float = 10.0) -> dict:
     """Run `steps` batches from the iterator `batches` ((x, y, ...) tuples).
 
     Returns {"loss": mean nats per counted target (targets >= 0), "bpb": bits per byte (nan when
     token_bytes is None, inf when no byte was counted), "tokens": targets counted, "bytes": bytes}.
+    With `progress` (a label), rank 0 prints a progress line at most every `progress_every_s`
+    seconds: a full-size evaluation can take minutes (10M tokens), and silence looks like a hang.
+    The check reads only the host clock, so it adds no device sync.
     """
     import contextlib
     ctx = autocast_ctx if autocast_ctx is not None else contextlib.nullcontext()
@@ -34,7 +40,8 @@ def evaluate_loss_bpb(model, batches, steps: int, token_bytes: torch.Tensor | No
     model.eval()
     device = None
     nats = ntok = bnats = nbytes = None
-    for _ in range(steps):
+    t0 = last_report = time.time()
+    for i in range(steps):
         x, y = next(batches)[:2]
         if device is None:
             device = x.device
@@ -56,6 +63,10 @@ def evaluate_loss_bpb(model, batches, steps: int, token_bytes: torch.Tensor | No
             counted = b > 0
             bnats += torch.where(counted, loss, 0.0).sum()
             nbytes += b.sum()
+        now = time.time()
+        if progress and i + 1 < steps and now - last_report >= progress_every_s:
+            last_report = now
+            print0(f"{progress}: batch {i + 1}/{steps} ({100 * (i + 1) / steps:.0f}%, {now - t0:.0f}s)")
     if device is None:
         raise ValueError("evaluate_loss_bpb needs steps >= 1")
     packed = _allreduce_sum(torch.stack([nats, bnats, ntok.to(fdt), nbytes.to(fdt)]))

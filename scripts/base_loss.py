@@ -71,7 +71,7 @@ def run(args, rank, world, device) -> None:
     for split in ("train", "val"):
         loader = pretrain_loader(tokenizer, B, T, split, device, rank, world, prefetch=2)
         try:
-            m = evaluate_loss_bpb(model, loader, steps, token_bytes, autocast())
+            m = evaluate_loss_bpb(model, loader, steps, token_bytes, autocast(), progress=f"{split} bpb")
         finally:
             loader.close()
         results[split] = m

@@ -251,7 +251,7 @@ def run(ctx, args) -> None:
     def evaluate(step):
         val = pretrain_loader(tokenizer, B, T, "val", ctx.device, ctx.rank, ctx.world, prefetch=2)
         try:
-            m = evaluate_loss_bpb(model_c, val, eval_steps, token_bytes, ctx.autocast())
+            m = evaluate_loss_bpb(model_c, val, eval_steps, token_bytes, ctx.autocast(), progress=f"step {step} val eval")
         finally:
             val.close()
         return {"val_bpb": m["bpb"], "val_loss": m["loss"]}

@@ -125,7 +125,7 @@ def run(ctx, args) -> None:
     def evaluate(step):
         val = sft_loader(val_task, ft.tokenizer, B, T, ctx.device, ctx.rank, ctx.world, prefetch=2)
         try:
-            m = evaluate_loss_bpb(ft.model_c, val, args.eval_steps, None, ctx.autocast())
+            m = evaluate_loss_bpb(ft.model_c, val, args.eval_steps, None, ctx.autocast(), progress=f"step {step} val eval")
         finally:
             val.close()
         return {"val_loss": m["loss"]}
