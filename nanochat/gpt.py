@@ -18,7 +18,8 @@ Attention back ends:
   FlexAttention with a block mask cached per (T, window, device); no T x T mask exists either way.
 - CPU/MPS, no KV cache: SDPA with an explicit boolean band mask (small sizes only).
 - with a KV cache (inference, any device): SDPA over cache[:pos+T] with an explicit
-  causal + window mask offset by pos.
+  causal + window mask offset by pos (none where nothing is cut off), never through cuDNN's SDPA,
+  window op or FlexAttention, which plan or compile per shape (inference_sdpa).
 
 Measured (torch 2.11, bf16 autocast, d20, device batch 32, 524,288 tokens per step,
 bench/RESULTS.md): on one H100, "SSSL" 168K tok/s (51.2% MFU) with cuDNN's window kernel, "L" 159K
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 try:  # FlexAttention is only used on CUDA; guard so that CPU / older builds still import
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -263,6 +265,14 @@ def describe_window_kernel(device) -> str:
 _flex_compiled = CompiledOutsideTrace(flex_attention) if HAS_FLEX else None
 
 
+def inference_sdpa():
+    """Context for KV-cache inference: SDPA may use every back end but cuDNN's. Each decode step
+    has a new key length, and cuDNN's SDPA builds an execution plan per new shape (tens to hundreds
+    of ms each, as public cuDNN reports measure), which fits the ~40 ms per decoded token the tiny
+    model showed on the H100 (bench/RESULTS.md). Flash / memory-efficient kernels need no plan."""
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def band_mask(Tq: int, Tk: int, q_offset: int, window: int | None, device) -> torch.Tensor:
     """Boolean [Tq, Tk] mask, True = may attend. Query i sits at absolute position q_offset + i,
     key j at position j: allowed iff j <= q_offset + i and (q_offset + i) - j < window."""
@@ -288,10 +298,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
     extra = {"enable_gqa": True} if gqa else {}
     full = window is None or window >= q_offset + Tq  # the window never cuts anything off
     if q_offset == 0 and Tq == Tk:
-        # training / no-cache path
+        # training / no-cache path (and a KV-cache prefill)
+        if full and impl in (None, "sdpa_mask"):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **extra)
         if impl is None:
-            if full:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, **extra)
             impl = window_backend(window, q, k)
         if impl == "cudnn":
             # window_left=window is our band, `window` keys ending at the query's own (window - 1
@@ -402,7 +412,11 @@ class CausalSelfAttention(nn.Module):
         else:
             pos = kv_cache.pos
             k_all, v_all = kv_cache.update(self.layer_idx, k, v)
-            y = attention(q, k_all.to(q.dtype), v_all.to(q.dtype), window=self.window, q_offset=pos)
+            # every prompt and step brings new lengths: no kernel that plans or compiles per shape
+            # (cuDNN's SDPA or window op, FlexAttention); windows cut by an explicit band mask
+            with inference_sdpa():
+                y = attention(q, k_all.to(q.dtype), v_all.to(q.dtype), window=self.window, q_offset=pos,
+                              impl="sdpa_mask")
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.c_proj(y)
 

@@ -356,6 +356,39 @@ def test_kv_cache_matches_full_forward():
         model(idx[:, :1], kv_cache=cache)
 
 
+def test_kv_cache_inference_avoids_per_shape_kernels(monkeypatch):
+    """With a KV cache every SDPA call runs with cuDNN's back end switched off (it plans per new
+    key length: ~40 ms per decoded token) and no call takes the cuDNN window op or FlexAttention,
+    even for a prefill whose window cuts keys off; without a cache the defaults stay."""
+    cfg = tiny(n_layer=3, window_pattern="LS", short_window=6)  # layers L, S, L
+    assert cfg.layer_windows() == [None, 6, None]
+    model = make_model(cfg)
+    seen = []
+    real_sdpa = G.F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return real_sdpa(*args, **kwargs)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a per-shape kernel was chosen for KV-cache inference")
+
+    monkeypatch.setattr(G.F, "scaled_dot_product_attention", spy)
+    monkeypatch.setattr(G, "window_backend", lambda *a: "flex")  # what a CUDA training call would pick
+    monkeypatch.setattr(G, "_flex_compiled", must_not_run)
+    idx = torch.randint(0, 256, (1, 20))
+    cache = model.make_kv_cache(batch_size=1, max_len=24)
+    model(idx, kv_cache=cache)                               # prefill: T 20 > window 6
+    for t in range(3):
+        model(idx[:, t:t + 1], kv_cache=cache)               # decode steps
+    assert len(seen) == 4 * cfg.n_layer and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()           # restored afterwards
+    seen.clear()
+    with pytest.raises(AssertionError, match="per-shape"):
+        model(idx)                                           # training path: the window kernel is used
+    assert seen == [True]                                    # layer 0 (L) ran SDPA with the defaults
+
+
 def test_kv_cache_expand_shares_one_prefill():
     cfg = tiny(n_layer=2, window_pattern="SL", short_window=5, n_kv_head=1)
     model = make_model(cfg)
