@@ -413,10 +413,10 @@ class CausalSelfAttention(nn.Module):
             pos = kv_cache.pos
             k_all, v_all = kv_cache.update(self.layer_idx, k, v)
             # every prompt and step brings new lengths: no kernel that plans or compiles per shape
-            # (cuDNN's SDPA or window op, FlexAttention); windows cut by an explicit band mask
-            with inference_sdpa():
-                y = attention(q, k_all.to(q.dtype), v_all.to(q.dtype), window=self.window, q_offset=pos,
-                              impl="sdpa_mask")
+            # (the cuDNN window op, FlexAttention; GPT.forward also keeps SDPA off cuDNN): windows
+            # are cut by an explicit band mask
+            y = attention(q, k_all.to(q.dtype), v_all.to(q.dtype), window=self.window, q_offset=pos,
+                          impl="sdpa_mask")
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.c_proj(y)
 
@@ -689,9 +689,13 @@ class GPT(nn.Module):
                 blocks = self._compiled_blocks
         act_dtype = _activation_dtype(self.wte.weight)
         x = norm(self.wte(idx)).to(act_dtype)
-        for block in blocks:
-            x = block(x, cos, sin, kv_cache)
-        if kv_cache is not None:
+        if kv_cache is None:  # (the branch a whole-model compilation traces: no context manager in it)
+            for block in blocks:
+                x = block(x, cos, sin)
+        else:
+            with inference_sdpa():
+                for block in blocks:
+                    x = block(x, cos, sin, kv_cache)
             kv_cache.advance(T)
         x = norm(x).to(act_dtype)
         if targets is None:
