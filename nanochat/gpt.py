@@ -291,7 +291,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
     q [B, H, Tq, hd]; k, v [B, Hkv, Tk, hd] with Hkv | H (query head h uses kv head h // (H/Hkv)).
     Query i is at absolute position q_offset + i; keys are at positions 0..Tk-1.
     impl: None = choose by device and installed kernels (window_backend); "sdpa_mask", "flex" or
-    "cudnn" force one (tests).
+    "cudnn" force one ("sdpa_mask": KV-cache inference and tests; the others: tests).
     """
     Tq, Tk = q.size(2), k.size(2)
     gqa = q.size(1) != k.size(1)
