@@ -1,5 +1,5 @@
 {
-  description = "nanochat: pinned dev shells with PyTorch built from source (CUDA 13, sm_120 by default)";
+  description = "nanochat: pinned dev shells with PyTorch built from source (CUDA 13, sm_120 by default) or from its CUDA wheel (.#bin)";
 
   # Binary caches offered to `nix develop`/`nix build` (Nix asks before using them unless
   # accept-flake-config is set; trusted users only). No public cache holds OUR torch (CUDA 13,
@@ -30,9 +30,15 @@
 
       torchSrc = if torch-src.outPath == nixpkgs.outPath then null else torch-src;
 
-      # mkPkgs { system; cuda ? true; cudaCapabilities ? [ "12.0" ]; cudaPackageSet ? "cudaPackages_13"; }
+      # mkPkgs { system; cuda ? true; torch ? "source" | "bin"; cudaCapabilities ? [ "12.0" ];
+      #          cudaPackageSet ? "cudaPackages_13"; }
       mkPkgs = import ./nix/pkgs.nix { inherit nixpkgs torchSrc; };
       mkShell = args: import ./nix/shell.nix args;
+
+      # The default shell's GPU architecture: the RTX 5090 class (12.0) on x86_64; on aarch64 the
+      # GB10 of DGX Spark (12.1), the desktop-class Blackwell of that platform. GH200 (9.0) users
+      # take .#sm90 on either.
+      defaultCapability = system: if system == "aarch64-linux" then "12.1" else "12.0";
 
       # Everything for one system. CUDA variants exist on Linux only.
       perSystem = system:
@@ -46,15 +52,21 @@
               inherit pkgs;
               shell = mkShell { inherit pkgs name; cudaCapabilities = caps; };
             };
-          sm120 = cudaVariant "nanochat-cuda13-sm120" [ "12.0" ];
+          native = cudaVariant "nanochat-cuda13-sm${builtins.replaceStrings [ "." ] [ "" ] (defaultCapability system)}"
+            [ (defaultCapability system) ];
+          sm120 = if defaultCapability system == "12.0" then native else cudaVariant "nanochat-cuda13-sm120" [ "12.0" ];
           sm90 = cudaVariant "nanochat-cuda13-sm90" [ "9.0" ];
-          main = if isLinux then sm120 else { pkgs = cpuPkgs; shell = cpuShell; };
+          # PyTorch's prebuilt CUDA wheel: a shell in minutes, while the source build runs elsewhere
+          bin =
+            let pkgs = mkPkgs { inherit system; torch = "bin"; };
+            in { inherit pkgs; shell = mkShell { inherit pkgs; name = "nanochat-bin"; torchFromSource = false; }; };
+          main = if isLinux then native else { pkgs = cpuPkgs; shell = cpuShell; };
         in
         {
           devShells = {
             default = main.shell;
             cpu = cpuShell;
-          } // (if isLinux then { sm120 = sm120.shell; sm90 = sm90.shell; } else { });
+          } // (if isLinux then { sm120 = sm120.shell; sm90 = sm90.shell; bin = bin.shell; } else { });
 
           packages = {
             default = main.pkgs.python3Packages.nanochat;
@@ -65,10 +77,16 @@
             # the dev shells' Python environments: what the lab cache should hold
             python = main.shell.python;
             python-cpu = cpuShell.python;
-          } // (if isLinux then { python-sm90 = sm90.shell.python; } else { });
+          } // (if isLinux then { python-sm90 = sm90.shell.python; python-bin = bin.shell.python; } else { });
 
           checks = {
             tests = import ./nix/checks.nix { pkgs = cpuPkgs; python = cpuShell.python; };
+          };
+
+          # mkPkgs for this system, for other flakes: nanochat.legacyPackages.${system}.mkPkgs { ... }
+          # (legacyPackages, not a top-level `lib`: `nix flake check` knows that output)
+          legacyPackages = {
+            mkPkgs = args: mkPkgs ({ inherit system; } // args);
           };
         };
 
@@ -79,8 +97,8 @@
       devShells = project "devShells";
       packages = project "packages";
       checks = project "checks";
+      legacyPackages = project "legacyPackages";
 
       overlays.default = import ./nix/overlay.nix { inherit torchSrc; };
-      lib = { inherit mkPkgs; };
     };
 }

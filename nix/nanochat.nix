@@ -20,7 +20,11 @@ buildPythonPackage {
   inherit (project) version;
   pyproject = true;
 
-  src = import ./source.nix;
+  # only what pip needs, so that editing tests, docs or Nix files does not rebuild the package
+  src = import ./source.nix {
+    name = "nanochat-source";
+    keep = [ "pyproject.toml" "README.md" "LICENSE" "nanochat" "scripts" ];
+  };
 
   build-system = [ setuptools ];
   dependencies = [ torch tiktoken rustbpe pyarrow numpy regex datasets ];

@@ -1,18 +1,56 @@
 # The nanochat overlay.
 #
-# * cuda = true: `cudaPackages` is `cudaPackages_13` for the whole package set (not per package),
-#   so every CUDA consumer (torch, magma, triton, nccl, ...) is built against the same CUDA.
+# * cuda = true: `cudaPackages` is `cudaPackageSet` (cudaPackages_13) for the whole package set (not
+#   per package), so every CUDA consumer (torch, magma, triton, nccl, ...) is built against the
+#   same CUDA. torch is built without NVSHMEM (`withNvshmem = false`): nanochat never uses it, and
+#   it would pull libnvshmem and CUDA builds of openmpi, ucx, pmix, libfabric and gdrcopy into the
+#   build (docs/nix.md).
+# * torchBin = true: python3Packages.torch is nixpkgs' torch-bin, PyTorch's own CUDA wheel, with
+#   the prebuilt Triton wheel beside it (the `.#bin` shell).
 # * Adds python3Packages.rustbpe (not in nixpkgs) and python3Packages.nanochat (this repository).
-# * torchSrc != null: python3Packages.torch is built from that source tree instead of the
-#   release nixpkgs pins (flake input `torch-src`, see docs/nix.md "Building torch from a local
-#   checkout"). nixpkgs' patches and build recipe are kept; they fit a checkout close to the
-#   pinned torch version.
+# * torchSrc != null: torch is built from that PyTorch checkout instead of the release nixpkgs pins
+#   (flake input `torch-src`, docs/nix.md "Building torch from a local checkout"). Its version comes
+#   from the checkout's version.txt (so PYTORCH_BUILD_VERSION and torch.__version__ tell the truth);
+#   nixpkgs' own patches to the build (local .patch files) are kept, its backports of upstream
+#   commits (fetchpatch) are dropped, and its `substituteInPlace --replace-fail` edits become
+#   `--replace-warn`, so an edit whose text moved in the checkout warns instead of failing.
 { cuda ? true
+, torchBin ? false
 , torchSrc ? null
 , cudaPackageSet ? "cudaPackages_13"
 }:
 
 final: prev:
+let
+  lib = prev.lib;
+
+  # the checkout's own version ("2.14.0a0"), read from the file PyTorch's setup.py reads
+  checkoutVersion = src:
+    let file = "${src}/version.txt";
+    in
+    if builtins.pathExists file
+    then lib.removeSuffix "\n" (builtins.readFile file)
+    else throw "torch-src ${toString src} has no version.txt: is it a PyTorch checkout?";
+
+  fromCheckout = torch: torch.overridePythonAttrs (old: rec {
+    src = torchSrc;
+    version = checkoutVersion torchSrc;
+    # nixpkgs derives it from the version too; spelled out so that no pin can leave the old one
+    env = (old.env or { }) // { PYTORCH_BUILD_VERSION = version; };
+    patches = builtins.filter builtins.isPath (old.patches or [ ]);
+    postPatch = builtins.replaceStrings [ "--replace-fail" ] [ "--replace-warn" ] (old.postPatch or "");
+  });
+
+  # withNvshmem is an argument of nixpkgs' source torch (pkgs/development/python-modules/torch/
+  # source); asked only where the expression has it, so an older or newer pin still evaluates
+  withoutNvshmem = torch:
+    if (lib.functionArgs torch.override) ? withNvshmem then torch.override { withNvshmem = false; } else torch;
+
+  wheel = pyPrev:
+    if (lib.functionArgs pyPrev.torch-bin.override) ? triton && pyPrev ? triton-bin
+    then pyPrev.torch-bin.override { triton = pyPrev.triton-bin; }
+    else pyPrev.torch-bin;
+in
 (if cuda then { cudaPackages = final.${cudaPackageSet}; } else { })
 // {
   pythonPackagesExtensions = (prev.pythonPackagesExtensions or [ ]) ++ [
@@ -21,8 +59,11 @@ final: prev:
         rustbpe = pyFinal.callPackage ./rustbpe.nix { };
         nanochat = pyFinal.callPackage ./nanochat.nix { };
       }
-      // (if torchSrc == null then { } else {
-        torch = pyPrev.torch.overridePythonAttrs (old: { src = torchSrc; });
+      // (if torchBin then { torch = wheel pyPrev; }
+      else {
+        torch =
+          let base = if cuda then withoutNvshmem pyPrev.torch else pyPrev.torch;
+          in if torchSrc == null then base else fromCheckout base;
       }))
   ];
 }

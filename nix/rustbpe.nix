@@ -1,20 +1,15 @@
 # rustbpe: the Rust BPE tokenizer trainer nanochat uses (not packaged in nixpkgs).
-# Built from its PyPI sdist with maturin; the sdist ships Cargo.lock (crates.io crates only).
+# Built from its PyPI sdist with maturin.
+#
+# No hash here is unknown. The sdist is pinned by the sha256 PyPI publishes for it, and its Rust
+# dependencies come from the Cargo.lock it ships (lockfile v4: 93 crates.io packages, each with its
+# own checksum, no git sources). ./rustbpe-Cargo.lock is a byte-identical copy of that file
+# (tests/test_nix.py checks it against the sdist), so importCargoLock can vendor every crate as a
+# fixed-output download from those checksums, with no extra hash to compute.
 { lib
 , buildPythonPackage
 , fetchPypi
 , rustPlatform
-, cargo
-, rustc
-  # ######################################################################################
-  # ## cargoHash is NOT KNOWN YET. It is the hash of the vendored crates (fetchCargoVendor),
-  # ## which can only be computed by downloading them from crates.io; the machine these
-  # ## files were written on had no access to crates.io. lib.fakeHash makes the first build
-  # ## fail with a hash mismatch that prints the real value. One-command fix:
-  # ##     nix build .#rustbpe 2>&1 | grep 'got:'
-  # ## then paste that sha256-... string here (replacing lib.fakeHash) and `git add` it.
-  # ######################################################################################
-, cargoHash ? lib.fakeHash
 }:
 
 buildPythonPackage rec {
@@ -29,16 +24,13 @@ buildPythonPackage rec {
     hash = "sha256-GHZfYqxXmp/56JxhH5ybnka9Gt3pvj9ZwAtutOHyizo=";
   };
 
-  cargoDeps = rustPlatform.fetchCargoVendor {
-    inherit pname version src;
-    hash = cargoHash;
-  };
+  cargoDeps = rustPlatform.importCargoLock { lockFile = ./rustbpe-Cargo.lock; };
 
+  # cargoSetupHook points cargo at the vendored crates (and checks that the sdist's Cargo.lock is
+  # the one they were vendored from); maturinBuildHook builds the wheel and brings cargo and rustc.
   nativeBuildInputs = [
     rustPlatform.cargoSetupHook
     rustPlatform.maturinBuildHook
-    cargo
-    rustc
   ];
 
   pythonImportsCheck = [ "rustbpe" ];

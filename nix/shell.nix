@@ -1,7 +1,12 @@
 # One nanochat development shell on a package set made by mkPkgs (nix/pkgs.nix).
+#
+# torchFromSource = false: the shell's torch is PyTorch's prebuilt CUDA wheel (`.#bin`): it still
+# needs the host's driver, but it was built for every recent architecture by PyTorch, and no CUDA
+# toolkit comes with the shell (extensions are not built there).
 { pkgs
 , name
 , cuda ? true
+, torchFromSource ? true
 , cudaCapabilities ? [ "12.0" ]
 }:
 
@@ -19,7 +24,7 @@ let
     ps.setuptools
   ]);
   cudaEnv =
-    if cuda then {
+    if cuda && torchFromSource then {
       # what torch was built for (the same list went into config.cudaCapabilities); read by
       # torch.utils.cpp_extension when building extensions inside the shell
       TORCH_CUDA_ARCH_LIST = builtins.concatStringsSep ";" cudaCapabilities;
@@ -44,5 +49,5 @@ pkgs.mkShell ({
       fi
     '';
 
-  passthru = { inherit python cuda cudaCapabilities; };
+  passthru = { inherit python cuda torchFromSource cudaCapabilities; };
 } // cudaEnv)
