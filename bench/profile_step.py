@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--profile", action="store_true", help="profile one step after the timed ones")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--startup", action="store_true",
+                    help="split the first step's time (forward, backward, other micro-steps, optimizer) "
+                         "and print torch.compile's time per compiled function")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
 
@@ -102,17 +105,35 @@ def main() -> None:
     flops_per_token = model.estimate_flops()
     peak = get_peak_flops(device_name(device))
 
+    phases: dict[str, float] = {}
+    print(f"set-up before the first step: {time.time() - T_START:.1f}s", flush=True)
+
+    def mark(name: str, t: float) -> float:
+        """With --startup, on the first step: synchronize and book the time since t under name."""
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        phases[name] = phases.get(name, 0.0) + now - t
+        return now
+
     def step(i: int) -> float:
+        timed = args.startup and i == 0
+        t = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
-        for _ in range(accum):
+        for k in range(accum):
             x, y = data.next()
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 loss = run(x, y)
+            if timed:
+                t = mark("forward (first micro-step)" if k == 0 else "other micro-steps", t)
             loss_sum += loss.detach()
             (loss / accum).backward()
+            if timed:
+                t = mark("backward (first micro-step)" if k == 0 else "other micro-steps", t)
         apply_schedules(optimizers, 1.0, muon_momentum(i))
         for opt in optimizers:
             opt.step()
+        if timed:
+            mark("optimizer step", t)
         model.zero_grad(set_to_none=True)
         return (loss_sum / accum).item()
 
@@ -135,6 +156,14 @@ def main() -> None:
         "time_to_first_step_s": round(ttfs, 1), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "losses": [round(v, 5) for v in losses],
     }
+    if args.startup:
+        res["first_step_phases_s"] = {k: round(v, 2) for k, v in phases.items()}
+        print("first step, by phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
+        try:
+            from torch._dynamo.utils import compile_times
+            print(compile_times(repr="str", aggregate=True))
+        except Exception as exc:  # pragma: no cover - private API
+            print(f"(no compile_times: {exc})")
     try:
         from torch._dynamo.utils import counters
         res["dynamo_unique_graphs"] = counters["stats"]["unique_graphs"]
