@@ -6,13 +6,14 @@ Makefile's cheap probes (`python -m nanochat.common ...`) start fast.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 # ----------------------------------------------------------------------------- errors
@@ -80,21 +81,36 @@ def get_base_dir() -> Path:
 
 # ----------------------------------------------------------------------------- atomic files
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: int | None = 0o644, prefix: str | None = None) -> Iterator[Path]:
+    """Write `path` all at once or not at all: yields a temp file beside it for the block to write
+    (and check: an exception raised inside the block counts as failure). When the block ends
+    normally the temp file is fsynced, given `mode` (mkstemp makes 0600; None keeps the file's own
+    mode, e.g. for a hard link whose mode is its source's) and renamed over `path`, so a reader, a
+    kill or a full disk sees the old file or the new one, never part of one. When the block raises,
+    the temp file is removed and `path` is left as it was. `prefix` names the temp file (default
+    `.<name>.`; it always ends in `.tmp`, which is how cleaners such as
+    checkpoint_manager.remove_temp_files find what a killed writer left)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=prefix or f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should read like normal files
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         unlink_quietly(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -102,13 +118,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save through a temp file + rename: a kill or a full disk never leaves a partial file."""
+    """torch.save through atomic_output: a kill or a full disk never leaves a partial file."""
     import torch
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         try:
             torch.save(obj, tmp)
         except RuntimeError as exc:
@@ -117,13 +130,6 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
             if _free_bytes(path.parent) < 16 * 2 ** 20:
                 raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
             raise
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
 
 
 def _free_bytes(directory) -> int:

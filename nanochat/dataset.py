@@ -45,7 +45,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import threading
 import time
 import urllib.error
@@ -54,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
-from nanochat.common import UserError, atomic_write_text, get_base_dir, stream_to_file, unlink_quietly
+from nanochat.common import UserError, atomic_output, atomic_write_text, get_base_dir, stream_to_file, unlink_quietly
 
 DEFAULT_DATA_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 MAX_SHARD_INDEX = 1822                     # last shard of FineWeb-Edu-100B shuffle = our validation shard
@@ -179,13 +178,10 @@ class DownloadError(Exception):
     pass
 
 
-def _fetch_to(url: str, fd: int, timeout: float) -> int:
+def _fetch_to(url: str, path: Path, timeout: float) -> int:
     req = urllib.request.Request(url, headers={"User-Agent": "nanochat-dataset/1"})
-    with os.fdopen(fd, "wb", closefd=False) as out:
-        out.seek(0)
-        out.truncate()
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return stream_to_file(resp, out)
+    with open(path, "wb") as out, urllib.request.urlopen(req, timeout=timeout) as resp:
+        return stream_to_file(resp, out)
 
 
 def download_shard(url: str, dest: Path, retries: int = 5, backoff: float = 2.0,
@@ -211,15 +207,10 @@ def download_shard(url: str, dest: Path, retries: int = 5, backoff: float = 2.0,
             delay = min(backoff * 2 ** (attempt - 1), 60.0) * (1 + 0.1 * random.random())
             log(f"{dest.name}: attempt {attempt} failed ({last}); retrying in {delay:.1f}s")
             time.sleep(delay)
-        fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{dest.name}.", suffix=".tmp", dir=dest.parent)
         try:
-            try:
-                size = _fetch_to(url, fd, timeout)
-            finally:
-                os.close(fd)
-            check_shard(Path(tmp))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
+            with atomic_output(dest, prefix=f"{_TMP_PREFIX}{dest.name}.") as tmp:
+                size = _fetch_to(url, tmp, timeout)
+                check_shard(tmp)   # renamed into place only once pyarrow can read it
             return "downloaded", size
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code} {exc.reason}"
@@ -232,8 +223,6 @@ def download_shard(url: str, dest: Path, retries: int = 5, backoff: float = 2.0,
                 raise   # disk full: retrying cannot help; run_main reports it
             reason = getattr(exc, "reason", None) if isinstance(exc, urllib.error.URLError) else None
             last = _short(reason if reason is not None else exc) or type(exc).__name__
-        finally:
-            unlink_quietly(tmp)
     raise DownloadError(f"{url}: {last} (after {retries + 1} attempts)")
 
 
@@ -320,17 +309,10 @@ def _describe(kind: str, location: str) -> str:
 def _write_parquet(path: Path, texts: list[str], rows_per_group: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         pq.write_table(pa.table({"text": pa.array(texts, type=pa.string())}), tmp,
                        row_group_size=rows_per_group, compression="zstd")
-        check_shard(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
+        check_shard(tmp)
 
 
 def plan_embedded_shards(docs: list[str], shard_chars: int = EMBEDDED_SHARD_CHARS,
@@ -439,18 +421,13 @@ def link_local_dir(src_dir: Path, data_dir: Path, n: int | None = None, log=prin
     for src, dest in pairs:
         if dest.exists() and dest.stat().st_size == src.stat().st_size and _all_valid(data_dir, [dest.name]):
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=data_dir)
-        os.close(fd)
-        unlink_quietly(tmp)
-        try:
+        # mode=None: a hard link shares its source's mode, which is not ours to change
+        with atomic_output(dest, mode=None) as tmp:
+            tmp.unlink()
             try:
                 os.link(src, tmp)
             except OSError:
                 shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
     _write_source(data_dir, "dir", str(src_dir), train_shards_written=want, val_shard=shard_name(vidx),
                   extra="\n".join(f"{d.name} <- {s}" for s, d in pairs))
     log(f"local directory {src_dir}: {want} train shard(s) + validation shard {shard_name(vidx)} "

@@ -158,9 +158,7 @@ def cmd_lock(args) -> int:
             print(f"error: another make (pid {owner[0]}) is running on {base}: wait for it to finish, "
                   f"or use another NANOCHAT_BASE_DIR", file=sys.stderr)
             return 1
-        tmp = lock_file.with_suffix(".tmp")
-        tmp.write_text(me + "\n")
-        os.replace(tmp, lock_file)
+        atomic_write_text(lock_file, me + "\n")
         if args.stage:
             (base / ".stamps" / f"{args.stage}.start").write_text(f"{time.time():.3f}\n")
         return 0
