@@ -68,14 +68,29 @@ def _abort_distributed() -> None:
 # ----------------------------------------------------------------------------- paths
 
 def get_base_dir() -> Path:
-    """All outputs live under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat)."""
+    """All outputs live under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat), created on first use."""
     raw = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+    return ensure_base_dir(raw)
+
+
+def ensure_base_dir(raw: str | os.PathLike) -> Path:
+    """The base dir, created if needed and writable, or a one-line UserError naming NANOCHAT_BASE_DIR.
+
+    The one place that decides whether a base dir is usable (get_base_dir, and `nanochat.pipeline
+    lock` for the Makefile), so a file in the way, a parent that cannot be created, a read-only
+    mount or a path under /proc fails here in one line instead of as a traceback at the first write."""
     base = Path(raw)
+    fix = "point NANOCHAT_BASE_DIR at a writable directory"
     try:
         base.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"NANOCHAT_BASE_DIR={base} is a file, not a directory: {fix}") from None
     except OSError as exc:
-        raise UserError(f"cannot create NANOCHAT_BASE_DIR={base} ({exc.strerror}): "
-                        f"point NANOCHAT_BASE_DIR at a writable directory") from None
+        raise UserError(f"cannot create NANOCHAT_BASE_DIR={base} ({exc.strerror or exc}): {fix}") from None
+    # access() sees read-only mounts and, for non-root users, directory modes; root writes anyway
+    # where the mount allows it, which is what access() reports for root too
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"NANOCHAT_BASE_DIR={base} is not writable: {fix}")
     return base
 
 

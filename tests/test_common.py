@@ -1,10 +1,15 @@
-"""nanochat.common: atomic_output (the one temp-file -> check -> chmod -> rename sequence)."""
+"""nanochat.common: atomic_output (the one temp-file -> check -> chmod -> rename sequence) and the
+base dir check (`ensure_base_dir`: one line naming NANOCHAT_BASE_DIR, exit 2, from every entry point)."""
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
-from nanochat.common import atomic_output, atomic_torch_save, atomic_write_text
+from nanochat.common import UserError, atomic_output, atomic_torch_save, atomic_write_text, ensure_base_dir
 
 
 def _leftovers(directory, name):
@@ -84,3 +89,69 @@ def test_atomic_torch_save_failure_leaves_nothing(tmp_path):
     with pytest.raises(Exception):
         atomic_torch_save({"f": lambda: None}, tmp_path / "bad.pt")   # a lambda cannot be pickled
     assert _leftovers(tmp_path, "ok.pt") == []
+
+
+# ----------------------------------------------------------------------------- an unusable base dir
+
+ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _unusable_base_dirs(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cases = {"file in the way": blocker, "file as parent": blocker / "base"}
+    if Path("/proc/self").exists():
+        cases["under /proc"] = Path("/proc/nanochat-nope")
+    return cases
+
+
+def _one_line_error(res):
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and "NANOCHAT_BASE_DIR" in lines[0], res.stderr
+    return lines[0]
+
+
+LOCK = ["-m", "nanochat.pipeline", "lock", "{base}", "1", "--stage", "data"]   # the Makefile's first call
+
+
+@pytest.mark.parametrize("case,entry", [
+    ("file in the way", LOCK), ("file as parent", LOCK), ("under /proc", LOCK),
+    # the Python entry points share get_base_dir -> ensure_base_dir (each case once is enough)
+    ("under /proc", ["-m", "nanochat.dataset", "-n", "1", "--source", "embedded"]),
+    ("file in the way", ["-m", "scripts.tok_train"]),
+])
+def test_unusable_base_dir_is_one_line_and_exit_2(tmp_path, case, entry):
+    cases = _unusable_base_dirs(tmp_path)
+    if case not in cases:
+        pytest.skip("no /proc on this system")
+    base = cases[case]
+    cmd = [sys.executable] + [a.replace("{base}", str(base)) for a in entry]
+    res = subprocess.run(cmd, env=subprocess_env(base), capture_output=True, text=True, timeout=120)
+    assert str(base) in _one_line_error(res)
+    assert not (tmp_path / "a-file" / "base").exists()
+
+
+def test_ensure_base_dir_in_process(tmp_path):
+    for case, base in _unusable_base_dirs(tmp_path).items():
+        with pytest.raises(UserError, match="NANOCHAT_BASE_DIR"):
+            ensure_base_dir(base)
+    made = ensure_base_dir(tmp_path / "new" / "base")          # missing parents are created
+    assert made.is_dir() and made == tmp_path / "new" / "base"
+
+
+@pytest.mark.skipif(ROOT_USER, reason="root ignores directory modes, so chmod cannot make a dir read-only for it")
+@pytest.mark.parametrize("which", ["the dir itself", "its parent"])
+def test_read_only_base_dir_is_one_line_and_exit_2(tmp_path, which):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    base = ro if which == "the dir itself" else ro / "base"
+    os.chmod(ro, 0o555)
+    try:
+        with pytest.raises(UserError, match="NANOCHAT_BASE_DIR"):
+            ensure_base_dir(base)
+        res = subprocess.run([sys.executable, "-m", "nanochat.pipeline", "lock", str(base), "1"],
+                             env=subprocess_env(base), capture_output=True, text=True, timeout=60)
+        assert str(base) in _one_line_error(res)
+    finally:
+        os.chmod(ro, 0o755)
