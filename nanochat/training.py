@@ -227,9 +227,18 @@ def init_run(args, project: str = "nanochat") -> RunContext:
             print0(f"wandb is not installed: --run={args.run} is logged to stdout only")
         else:
             ctx.wandb = wandb.init(project=project, name=args.run, config=vars(args))
+    print0(describe_world(world, device))
     print0(f"device: {device_name(device)} x {world} process(es) | autocast: {str(dtype).replace('torch.', '')} "
            f"| compile: {'on' if use_compile else 'off'}")
     return ctx
+
+
+def describe_world(world: int, device: torch.device) -> str:
+    """The one line every training run starts with (rank 0 prints it, from init_run): how many
+    processes, on which device type, over which process-group backend."""
+    ranks = "rank 0" if world == 1 else f"ranks 0-{world - 1}"
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none, single process"
+    return f"world size {world} ({ranks}; device type {device.type}; backend {backend})"
 
 
 def set_seeds(seed: int):
