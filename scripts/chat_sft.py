@@ -17,6 +17,7 @@ import argparse
 
 from nanochat.common import UserError, dist_env, print0, run_main
 from nanochat import training as tr
+from nanochat.resume import loader_resume_state
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +121,7 @@ def run(ctx, args) -> None:
            f"micro-step(s); rows up to {T} tokens")
 
     train_loader = sft_loader(train_task, ft.tokenizer, B, T, ctx.device, ctx.rank, ctx.world,
-                              resume_state=tr.loader_resume_state(ft.resumed, ctx.rank, ctx.world))
+                              resume_state=loader_resume_state(ft.resumed, ctx.rank, ctx.world))
 
     def evaluate(step):
         val = sft_loader(val_task, ft.tokenizer, B, T, ctx.device, ctx.rank, ctx.world, prefetch=2)

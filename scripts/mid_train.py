@@ -17,6 +17,7 @@ import math
 
 from nanochat.common import UserError, dist_env, print0, run_main
 from nanochat import training as tr
+from nanochat.resume import loader_resume_state
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +96,7 @@ def run(ctx, args) -> None:
     print0(f"batch: {args.total_batch_size:,} tokens/step = {B} x {T} x {ctx.world} process(es) x {accum} micro-step(s)")
 
     train_loader = mid_loader(train_task, ft.tokenizer, B, T, ctx.device, ctx.rank, ctx.world,
-                              resume_state=tr.loader_resume_state(ft.resumed, ctx.rank, ctx.world))
+                              resume_state=loader_resume_state(ft.resumed, ctx.rank, ctx.world))
     eval_steps = max(1, args.eval_tokens // (B * T * ctx.world))
 
     def evaluate(step):
