@@ -626,65 +626,6 @@ def load_mixture(stage: str, split: str, max_examples: int | None = None):
         raise
 
 
-@torch.no_grad()
-def categorical_accuracy(ctx: RunContext, model, tokenizer, task, max_problems: int = -1, batch_size: int = 8) -> float:
-    """Multiple-choice accuracy: the answer letter with the highest logit after the prompt.
-
-    Problems are dealt out over ranks and the counts all-reduced. `model` must accept variable
-    shapes (pass the uncompiled module)."""
-    n = len(task) if max_problems is None or max_problems < 0 else min(len(task), max_problems)
-    was_training = model.training
-    model.eval()
-    letter_cache: dict = {}
-    correct = total = 0
-    mine = list(range(ctx.rank, n, ctx.world))
-    for s in range(0, len(mine), batch_size):
-        rows, choices, answers = [], [], []
-        for i in mine[s:s + batch_size]:
-            conv = task[i]
-            letters = conv.get("letters")
-            if not letters:
-                continue
-            ids = tokenizer.render_for_completion(conv)
-            ids = ids[-model.config.sequence_len:]
-            for letter in letters:
-                if letter not in letter_cache:
-                    letter_cache[letter] = tokenizer.encode(letter)[0]
-            rows.append(ids)
-            choices.append([letter_cache[l] for l in letters])
-            answers.append(_answer_letter(conv, letters))
-        if not rows:
-            continue
-        from nanochat.dataloader import bucket_width
-        width = bucket_width(max(len(r) for r in rows), model.config.sequence_len)
-        x = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, ids in enumerate(rows):
-            x[r, :len(ids)] = torch.tensor(ids)
-        with ctx.autocast():
-            logits = model(x.to(ctx.device))
-        for r, ids in enumerate(rows):
-            last = logits[r, len(ids) - 1]
-            pick = int(torch.argmax(last[torch.tensor(choices[r], device=last.device)]).item())
-            correct += int(answers[r] == pick)
-            total += 1
-    counts = torch.tensor([correct, total], dtype=torch.float64, device=ctx.device if ctx.device.type != "mps" else "cpu")
-    if ctx.is_ddp:
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    if was_training:
-        model.train()
-    return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
-
-
-def _answer_letter(conv, letters) -> int:
-    for msg in reversed(conv["messages"]):
-        if msg["role"] == "assistant":
-            content = msg["content"]
-            text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
-            text = text.strip()
-            return letters.index(text) if text in letters else -1
-    return -1
-
-
 def env_int(name: str, default: int) -> int:
     try:
         return int(os.environ.get(name, default))

@@ -17,6 +17,7 @@ import argparse
 
 from nanochat.common import UserError, dist_env, print0, run_main
 from nanochat import training as tr
+from nanochat.chat_eval import categorical_accuracy
 from nanochat.resume import loader_resume_state
 
 
@@ -80,7 +81,8 @@ def metrics_hook(ctx, ft, max_problems):
                     print0(f"chat metric {name} skipped: {exc}")
         out = {}
         for name, task in tasks.items():
-            out[f"{name} acc"] = tr.categorical_accuracy(ctx, ft.model, ft.tokenizer, task, max_problems)
+            out[f"{name} acc"] = categorical_accuracy(ft.model, ft.tokenizer, task, ctx.rank, ctx.world,
+                                                      max_problems, autocast=ctx.autocast)
         if out:
             print0(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in out.items()))
         return out

@@ -35,6 +35,41 @@ def test_task_name_parsing_and_chatcore():
     assert chatcore({}) is None
 
 
+def test_categorical_evaluator_matches_one_prompt_at_a_time():
+    """nanochat.chat_eval (behind chat_eval's ARC/MMLU and chat_sft's metrics): batched, padded and
+    cropped prompts pick the same letters as one unpadded forward per prompt; problems without
+    letters are left out; the model's mode is restored; ranks' shares add up."""
+    import random
+
+    import torch
+    from nanochat.chat_eval import categorical_accuracy, categorical_counts, completion_prompt
+    from nanochat.tasks.base import ListTask, multiple_choice_conversation
+    tok = tiny_chat.train_tokenizer()
+    model = tiny_chat.tiny_model(tok.get_vocab_size(), sequence_len=64, seed=2)
+    rng = random.Random(0)
+    convs = [multiple_choice_conversation(f"question {i}: which one?" + " filler" * rng.randint(0, 40),
+                                          ["red", "blue", "green", "black"], rng.randrange(4)) for i in range(12)]
+    assert max(len(tok.render_for_completion(c)) for c in convs) > 64     # some prompts are cropped
+    convs.insert(5, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    task = ListTask("MC", convs, source="test", eval_type="categorical")
+    expected = 0
+    with torch.no_grad():
+        for c in convs:
+            if "letters" not in c:
+                continue
+            ids = completion_prompt(tok, c, 64)
+            last = model(torch.tensor([ids]))[0, -1]
+            letter_ids = torch.tensor([tok.encode(letter)[0] for letter in c["letters"]])
+            expected += c["letters"][int(torch.argmax(last[letter_ids]))] == c["messages"][-1]["content"]
+    assert 0 < expected < 12    # a random model: some right, some wrong, so a wrong pick would show
+    model.train()
+    assert categorical_counts(model, tok, task, range(len(task)), batch_size=5) == (expected, 12)
+    assert model.training
+    assert categorical_accuracy(model, tok, task, batch_size=3) == pytest.approx(expected / 12)
+    shares = [categorical_counts(model, tok, task, range(r, len(task), 2), batch_size=4) for r in (0, 1)]
+    assert (sum(c for c, _ in shares), sum(t for _, t in shares)) == (expected, 12)
+
+
 @pytest.fixture
 def chat_env(base_dir, tmp_path):
     """A tiny sft (and mid) checkpoint, fake offline wheels, ARC in a local task dir."""
