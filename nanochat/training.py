@@ -614,20 +614,8 @@ def prepare_finetune(ctx: RunContext, args, source: str, out_stage: str, compile
 
 def load_mixture(stage: str, split: str, max_examples: int | None = None):
     """nanochat.tasks.build_mixture(stage, split, max_examples); unavailability -> UserError."""
-    try:
-        from nanochat.tasks import build_mixture
-    except ImportError:
-        from nanochat.tasks.mixture import build_mixture
+    from nanochat.tasks import TaskUnavailable, build_mixture
     try:
         return build_mixture(stage, split, max_examples=max_examples)
-    except Exception as exc:
-        if type(exc).__name__ == "TaskUnavailable":
-            raise UserError(f"no data for the {stage} {split} mixture ({exc}): see README 'Offline data'") from None
-        raise
-
-
-def env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+    except TaskUnavailable as exc:
+        raise UserError(f"no data for the {stage} {split} mixture ({exc}): see README 'Offline data'") from None

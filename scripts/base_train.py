@@ -105,22 +105,13 @@ def horizon(args, flops_per_token: float, num_params: int) -> tuple[int, str]:
 
 
 def core_metric_hook(ctx, model, tokenizer, max_per_task):
-    state = {"missing": False}
-
     def hook(step):
-        if state["missing"]:
-            return None
-        try:
-            from nanochat.core_eval import evaluate_core  # written by the evaluation module
-        except (ImportError, AttributeError) as exc:
-            state["missing"] = True
-            print0(f"CORE metric skipped: nanochat.core_eval.evaluate_core is not available ({exc})")
-            return None
+        from nanochat.core_eval import evaluate_core
         model.eval()
         with ctx.autocast():
             res = evaluate_core(model, tokenizer, ctx.device, max_per_task=max_per_task)
         model.train()
-        core = res.get("CORE", res.get("core_metric")) if isinstance(res, dict) else res
+        core = res["CORE"]
         print0(f"step {step:05d} | CORE {core}")
         return {"CORE": core} if core is not None else None
     return hook

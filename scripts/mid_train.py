@@ -91,7 +91,7 @@ def run(ctx, args) -> None:
         N = estimate_epoch_steps(train_task, ft.tokenizer, T + 1, args.total_batch_size)
         print0(f"--num-iterations=-1: about one epoch of the mixture = {N:,} steps")
     print0(f"mid mixture: {len(train_task):,} train / {len(val_task):,} val conversations")
-    for line in getattr(train_task, "report_lines", lambda: [])():
+    for line in train_task.report_lines():
         print0(f"  {line}")
     print0(f"batch: {args.total_batch_size:,} tokens/step = {B} x {T} x {ctx.world} process(es) x {accum} micro-step(s)")
 
@@ -130,7 +130,7 @@ def run(ctx, args) -> None:
     summary = tr.summary_metrics(ctx, result)
     summary["Final val loss"] = result.last_eval.get("val_loss")
     summary["Final val bpb"] = result.last_eval.get("val_bpb")
-    lines = ["Mixture:"] + [f"- {x}" for x in getattr(train_task, "report_lines", lambda: [])()]
+    lines = ["Mixture:"] + [f"- {x}" for x in train_task.report_lines()]
     tr.finish_report(ctx, "Midtraining", "mid_loss", result, config, summary, lines)
     tr.record_output(ctx, args.record_output, result.final_step)
 
