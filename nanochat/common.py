@@ -155,6 +155,12 @@ def _free_bytes(directory) -> int:
         return 2 ** 62
 
 
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line, cut to `limit` characters (for UserError messages)."""
+    s = " ".join(str(exc).split())
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
 def unlink_quietly(path) -> None:
     try:
         os.unlink(path)

@@ -7,7 +7,7 @@ the uninterrupted one.
 
 Pretraining (`DataLoader`, `pretrain_loader`)
 ---------------------------------------------
-Row groups come from `nanochat.dataset.parquets_iter_batched(split, start=rank, step=world)` (so
+Row groups come from `nanochat.shards.parquets_iter_batched(split, start=rank, step=world)` (so
 ranks read disjoint row groups) and are tokenized on the fly with the tokenizer's threaded batch
 encode, every document getting a leading BOS. Documents wait in a buffer of `buffer_size` (default
 1000) documents; each row of T+1 tokens is filled by best-fit packing:
@@ -156,7 +156,7 @@ def _jpos(p):
 
 
 def _default_source(split, start, step, resume):
-    from nanochat.dataset import parquets_iter_batched
+    from nanochat.shards import parquets_iter_batched
     return parquets_iter_batched(split, start=start, step=step, resume=resume)
 
 

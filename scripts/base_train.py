@@ -152,7 +152,7 @@ def check_fits(args, config, vocab: int, device) -> None:
 
 def check_shards() -> None:
     """Every train/val shard opens (footer, `text` column, rows), or a one-line UserError naming it."""
-    from nanochat.dataset import ShardError, check_shard, split_files
+    from nanochat.shards import ShardError, check_shard, split_files
     for split in ("train", "val"):
         for f in split_files(split):
             try:
