@@ -21,8 +21,6 @@ _spec.loader.exec_module(tiny_chat)
 
 from scripts.chat_eval import ALL_TASKS, chatcore, parse_task_names  # noqa: E402
 
-needs_model = pytest.mark.skipif(tiny_chat.modules_missing() is not None, reason=str(tiny_chat.modules_missing()))
-
 
 def test_task_name_parsing_and_chatcore():
     assert parse_task_names(None) == ALL_TASKS
@@ -73,8 +71,6 @@ def test_categorical_evaluator_matches_one_prompt_at_a_time():
 @pytest.fixture
 def chat_env(base_dir, tmp_path):
     """A tiny sft (and mid) checkpoint, fake offline wheels, ARC in a local task dir."""
-    if tiny_chat.modules_missing():
-        pytest.skip(tiny_chat.modules_missing())
     tiny_chat.build_checkpoint(base_dir, source="sft", tag="tiny", step=0)
     tiny_chat.build_checkpoint(base_dir, source="mid", tag="tiny", step=3, seed=1)
     wh = tiny_chat.make_wheelhouse(tmp_path / "wheelhouse")
@@ -98,7 +94,6 @@ def ok(res):
     return res.stdout
 
 
-@needs_model
 def test_chat_eval_end_to_end(chat_env):
     base, env = chat_env
     out = ok(run(env, "-m", "scripts.chat_eval", "-i", "sft", "-g", "tiny", "-s", "0", "-x", "3", "-m", "6",
@@ -120,7 +115,6 @@ def test_chat_eval_end_to_end(chat_env):
     assert re.search(r"^\| ChatCORE \| - \| - \| -?\d", report, re.M), report[:2000]
 
 
-@needs_model
 def test_chat_eval_reports_unavailable_tasks(chat_env):
     base, env = chat_env
     env = dict(env)
@@ -135,7 +129,6 @@ def test_chat_eval_reports_unavailable_tasks(chat_env):
     assert "not comparable" in text
 
 
-@needs_model
 def test_chat_eval_ddp_matches_single_process(chat_env):
     base, env = chat_env
     args = ["-m", "scripts.chat_eval", "-i", "sft", "-g", "tiny", "-a", "MMLU|GSM8K", "-x", "4", "-m", "4",
@@ -149,7 +142,6 @@ def test_chat_eval_ddp_matches_single_process(chat_env):
     assert all(c.endswith("/4") for _, c in counts(ddp))  # every problem counted once over the 2 ranks
 
 
-@needs_model
 def test_chat_eval_user_errors(chat_env):
     base, env = chat_env
     res = run(env, "-m", "scripts.chat_eval", "-i", "sft", "-g", "nope", "--device-type", "cpu")
@@ -158,7 +150,6 @@ def test_chat_eval_user_errors(chat_env):
     assert res.returncode == 2 and "unknown task" in res.stderr
 
 
-@needs_model
 def test_chat_cli_one_shot_and_interactive(chat_env):
     base, env = chat_env
     out = ok(run(env, "-m", "scripts.chat_cli", "-g", "tiny", "-p", "Hello, who are you?", "-m", "12",
@@ -169,7 +160,6 @@ def test_chat_cli_one_shot_and_interactive(chat_env):
     assert out.count("Assistant: ") == 2 and "(conversation cleared)" in out
 
 
-@needs_model
 def test_chat_keeps_history_and_tool_parts(chat_env):
     base, _ = chat_env
     import io
