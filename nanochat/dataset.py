@@ -61,7 +61,6 @@ EMBEDDED_ROWS_PER_GROUP = 64
 PROBE_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 
-_SHARD_RE = re.compile(r"^shard_(\d{5})\.parquet$")
 _TMP_PREFIX = ".dl-"
 
 

