@@ -23,7 +23,7 @@ import platform
 import sys
 import time
 
-from nanochat.dataset import parquets_iter_batched
+from nanochat.shards import parquets_iter_batched
 from nanochat.tokenizer import SPECIAL_TOKENS, SPLIT_PATTERN, Tokenizer
 
 

@@ -173,7 +173,7 @@ def verify_stamps(base: Path) -> list[str]:
                 continue
             try:
                 if stage == "data":
-                    from nanochat.dataset import check_shard, list_parquet_files
+                    from nanochat.shards import check_shard, list_parquet_files
                     files = list_parquet_files(base / "base_data")
                     if len(files) < 2:
                         problems.append(f"data stamp but {len(files)} shard(s)")

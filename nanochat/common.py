@@ -6,13 +6,14 @@ Makefile's cheap probes (`python -m nanochat.common ...`) start fast.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 # ----------------------------------------------------------------------------- errors
@@ -67,34 +68,64 @@ def _abort_distributed() -> None:
 # ----------------------------------------------------------------------------- paths
 
 def get_base_dir() -> Path:
-    """All outputs live under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat)."""
+    """All outputs live under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat), created on first use."""
     raw = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+    return ensure_base_dir(raw)
+
+
+def ensure_base_dir(raw: str | os.PathLike) -> Path:
+    """The base dir, created if needed and writable, or a one-line UserError naming NANOCHAT_BASE_DIR.
+
+    The one place that decides whether a base dir is usable (get_base_dir, and `nanochat.pipeline
+    lock` for the Makefile), so a file in the way, a parent that cannot be created, a read-only
+    mount or a path under /proc fails here in one line instead of as a traceback at the first write."""
     base = Path(raw)
+    fix = "point NANOCHAT_BASE_DIR at a writable directory"
     try:
         base.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"NANOCHAT_BASE_DIR={base} is a file, not a directory: {fix}") from None
     except OSError as exc:
-        raise UserError(f"cannot create NANOCHAT_BASE_DIR={base} ({exc.strerror}): "
-                        f"point NANOCHAT_BASE_DIR at a writable directory") from None
+        raise UserError(f"cannot create NANOCHAT_BASE_DIR={base} ({exc.strerror or exc}): {fix}") from None
+    # access() sees read-only mounts and, for non-root users, directory modes; root writes anyway
+    # where the mount allows it, which is what access() reports for root too
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"NANOCHAT_BASE_DIR={base} is not writable: {fix}")
     return base
 
 
 # ----------------------------------------------------------------------------- atomic files
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: int | None = 0o644, prefix: str | None = None) -> Iterator[Path]:
+    """Write `path` all at once or not at all: yields a temp file beside it for the block to write
+    (and check: an exception raised inside the block counts as failure). When the block ends
+    normally the temp file is fsynced, given `mode` (mkstemp makes 0600; None keeps the file's own
+    mode, e.g. for a hard link whose mode is its source's) and renamed over `path`, so a reader, a
+    kill or a full disk sees the old file or the new one, never part of one. When the block raises,
+    the temp file is removed and `path` is left as it was. `prefix` names the temp file (default
+    `.<name>.`; it always ends in `.tmp`, which is how cleaners such as
+    checkpoint_manager.remove_temp_files find what a killed writer left)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=prefix or f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs should read like normal files
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         unlink_quietly(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -102,13 +133,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """torch.save through a temp file + rename: a kill or a full disk never leaves a partial file."""
+    """torch.save through atomic_output: a kill or a full disk never leaves a partial file."""
     import torch
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         try:
             torch.save(obj, tmp)
         except RuntimeError as exc:
@@ -117,13 +145,6 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
             if _free_bytes(path.parent) < 16 * 2 ** 20:
                 raise OSError(errno.ENOSPC, "No space left on device", str(path)) from exc
             raise
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
 
 
 def _free_bytes(directory) -> int:
@@ -132,6 +153,12 @@ def _free_bytes(directory) -> int:
         return st.f_bavail * st.f_frsize
     except (OSError, AttributeError):
         return 2 ** 62
+
+
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line, cut to `limit` characters (for UserError messages)."""
+    s = " ".join(str(exc).split())
+    return s if len(s) <= limit else s[:limit] + "..."
 
 
 def unlink_quietly(path) -> None:

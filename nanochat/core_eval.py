@@ -1,6 +1,6 @@
 """The CORE metric: in-context-learning accuracy over the DCLM "core" tasks, centred and averaged.
 
-Per task type (data rows as described in `nanochat.eval_bundle`):
+Per task type (data rows as described in `nanochat.core_tasks`):
 - multiple_choice: one context, several continuations -> pick the continuation with the lowest mean
   cross-entropy over its own tokens;
 - schema: several contexts, one continuation -> pick the context under which the continuation has
@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from nanochat.common import print0
-from nanochat.eval_bundle import LM, MC, N_CORE, SCHEMA, Bundle, CoreTask, ensure_bundle, how_to_enable, load_bundle
+from nanochat.core_tasks import LM, MC, N_CORE, SCHEMA, Bundle, CoreTask, bundle_dir, load_bundle
+from nanochat.eval_bundle import ensure_bundle, how_to_enable
 
 FEWSHOT_SEED = 1234          # few-shot draw for item i uses random.Random(FEWSHOT_SEED + i)
 SUBSAMPLE_SEED = 1337        # --max-per-task: shuffle(range(n)) with this seed, take the first N
@@ -314,7 +315,6 @@ def _shared_bundle(log) -> Bundle:
     labels = [list(b.tasks) if b is not None else None]
     dist.broadcast_object_list(labels, src=0)
     if b is None:
-        from nanochat.eval_bundle import bundle_dir
         b = load_bundle(bundle_dir()) if labels[0] else Bundle(root=None, kind="none", description="no data")
         b.tasks = {k: v for k, v in b.tasks.items() if k in set(labels[0] or [])}
     return b

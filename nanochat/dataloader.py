@@ -7,7 +7,7 @@ the uninterrupted one.
 
 Pretraining (`DataLoader`, `pretrain_loader`)
 ---------------------------------------------
-Row groups come from `nanochat.dataset.parquets_iter_batched(split, start=rank, step=world)` (so
+Row groups come from `nanochat.shards.parquets_iter_batched(split, start=rank, step=world)` (so
 ranks read disjoint row groups) and are tokenized on the fly with the tokenizer's threaded batch
 encode, every document getting a leading BOS. Documents wait in a buffer of `buffer_size` (default
 1000) documents; each row of T+1 tokens is filled by best-fit packing:
@@ -47,19 +47,18 @@ the task forever (epoch counter).
     two (>= 64, <= T: few distinct shapes for compiled/flex kernels); pad inputs are
     `<|assistant_end|>`, pad targets -1.
 
-Transfer: batches are produced by a background thread (a small queue) so tokenization overlaps the
-GPU; on CUDA each batch is written into ONE pinned host buffer and moved with ONE non-blocking copy
-into a persistent device buffer. On CUDA the returned tensors are views of that buffer: they are
+Transfer: batches are produced ahead by one worker thread (a bounded deque of futures) so
+tokenization overlaps the GPU; on CUDA each batch is written into ONE pinned host buffer and moved
+with ONE non-blocking copy into a persistent device buffer. On CUDA the returned tensors are views of that buffer: they are
 valid until the next batch is requested (clone them to keep them). On CPU every batch is fresh.
 """
 from __future__ import annotations
 
 import bisect
-import queue
-import threading
 import warnings
-from collections import OrderedDict
-from typing import Callable, Iterator
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable
 
 import numpy as np
 import torch
@@ -157,7 +156,7 @@ def _jpos(p):
 
 
 def _default_source(split, start, step, resume):
-    from nanochat.dataset import parquets_iter_batched
+    from nanochat.shards import parquets_iter_batched
     return parquets_iter_batched(split, start=start, step=step, resume=resume)
 
 
@@ -456,8 +455,11 @@ def rebase_state(states: list, rank: int, world: int) -> dict | None:
 class DataLoader:
     """Iterator of (inputs, targets, state) on `device`, produced by `stream.next_batch(B)`.
 
-    A background thread keeps up to `prefetch` CPU batches ready (prefetch=0: produce inline).
-    Errors raised while producing (e.g. a corrupt shard -> UserError) are re-raised by __next__.
+    One worker thread runs `next_batch` ahead of the consumer: up to `prefetch` batches are
+    requested at a time (a bounded deque of futures; prefetch=0: produce inline). A single worker
+    runs them in submission order, so the batches come in exactly the stream's order. An error
+    raised while producing (e.g. a corrupt shard -> UserError) is re-raised by __next__ (through
+    `result()`), after which the loader is closed.
     """
 
     def __init__(self, stream, B: int, T: int, device="cpu", prefetch: int = 3):
@@ -471,32 +473,29 @@ class DataLoader:
             n = 2 * B * T
             self._host = torch.empty(n, dtype=torch.int64, pin_memory=True)
             self._dev = torch.empty(n, dtype=torch.int64, device=self.device)
-        self._thread = None
-        self._stop = threading.Event()
-        self._queue: queue.Queue | None = None
-        if prefetch > 0:
-            self._queue = queue.Queue(maxsize=prefetch)
-            self._thread = threading.Thread(target=_produce, args=(stream, B, self._queue, self._stop),
-                                            name="nanochat-dataloader", daemon=True)
-            self._thread.start()
+        self._prefetch = max(0, int(prefetch))
+        self._ahead: deque[Future] = deque()
+        self._pool = None
+        if self._prefetch:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanochat-dataloader")
+            for _ in range(self._prefetch):   # start producing now (overlaps model setup / compile)
+                self._ahead.append(self._pool.submit(stream.next_batch, B))
 
     def __iter__(self):
         return self
 
     def _get(self):
-        if self._queue is None:
+        if not self._prefetch:
             return self.stream.next_batch(self.B)
-        while True:
-            try:
-                item = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                if self._thread is None or not self._thread.is_alive():
-                    raise RuntimeError("data loader thread died") from None
-                continue
-            if isinstance(item, BaseException):
-                self.close()
-                raise item
-            return item
+        if self._pool is None:
+            raise RuntimeError("data loader is closed")
+        try:
+            batch = self._ahead.popleft().result()
+        except BaseException:
+            self.close()
+            raise
+        self._ahead.append(self._pool.submit(self.stream.next_batch, self.B))  # keep `prefetch` requested
+        return batch
 
     def __next__(self):
         inputs, targets, state = self._get()
@@ -524,48 +523,22 @@ class DataLoader:
         return self._dev[:n].view(B, t), self._dev[n:2 * n].view(B, t)
 
     def close(self, timeout: float = 30.0):
-        """Stop and join the producer. Joining matters: a daemon thread still inside pyarrow/torch C++
-        code when the interpreter exits can abort the process ("terminate called without an active
-        exception") after a clean error message, turning exit code 2 into SIGABRT."""
-        self._stop.set()
-        self._drain()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        self._drain()
-
-    def _drain(self):
-        if self._queue is not None:
-            try:
-                while True:
-                    self._queue.get_nowait()
-            except queue.Empty:
-                pass
+        """Cancel the batches not started and wait (up to `timeout`) for the one in progress. The
+        wait matters: a worker still inside pyarrow/torch C++ code while the interpreter tears
+        down can abort the process ("terminate called without an active exception") after a clean
+        error message, turning exit code 2 into SIGABRT."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.shutdown(wait=False, cancel_futures=True)
+        wait([f for f in self._ahead if not f.cancelled()], timeout)  # (a cancelled one never reads as done)
+        self._ahead.clear()
 
     def __del__(self):
         try:
             self.close()
         except Exception:
             pass
-
-
-def _produce(stream, B, q: queue.Queue, stop: threading.Event):
-    try:
-        while not stop.is_set():
-            item = stream.next_batch(B)
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-    except BaseException as exc:  # handed to the consumer
-        while not stop.is_set():
-            try:
-                q.put(exc, timeout=0.5)
-                return
-            except queue.Full:
-                continue
 
 
 # ============================================================================ constructors
@@ -593,15 +566,3 @@ def sft_loader(task, tokenizer, B: int, T: int, device="cpu", rank: int = 0, wor
     """One conversation per row (SFT), padded to the batch's longest row; pad targets -1."""
     stream = SFTStream(task, tokenizer, T + 1, rank=rank, world=world, resume_state=resume_state)
     return DataLoader(stream, B, T, device=device, prefetch=prefetch)
-
-
-def sft_batches(task, tokenizer, B: int, T: int, rank: int = 0, world: int = 1, device="cpu",
-                resume_state: dict | None = None) -> Iterator:
-    """Generator form of `sft_loader` (yields (inputs, targets, state))."""
-    yield from sft_loader(task, tokenizer, B, T, device=device, rank=rank, world=world, resume_state=resume_state)
-
-
-def mid_batches(task, tokenizer, B: int, T: int, rank: int = 0, world: int = 1, device="cpu",
-                resume_state: dict | None = None) -> Iterator:
-    """Generator form of `mid_loader`."""
-    yield from mid_loader(task, tokenizer, B, T, device=device, rank=rank, world=world, resume_state=resume_state)

@@ -1,4 +1,4 @@
-"""Pretraining text: parquet shards under $NANOCHAT_BASE_DIR/base_data, and how they get there.
+"""How the pretraining shards get into $NANOCHAT_BASE_DIR/base_data (reading them: `nanochat.shards`).
 
 Layout (the same whatever the source, so later stages cannot tell the difference)
     base_data/shard_00000.parquet ... shard_{N-1}   training shards, one `text` column
@@ -31,10 +31,7 @@ Sources (`python -m nanochat.dataset -n N [--source auto|URL|DIR|embedded] [--wo
   asking explicitly for a different source is an error that says to delete base_data first
   (sources are never mixed in one directory).
 
-Reading: `parquets_iter_batched(split, start, step, resume)` yields one row group at a time;
-rank r of W passes start=r, step=W and gets row groups r, r+W, ... of the split's ordered
-(shard, row group) list. `position = (shard_index, row_group_index)`, where shard_index counts the
-files of that split in order; `resume=position` continues right after it.
+Reading the shards is `nanochat.shards`.
 """
 from __future__ import annotations
 
@@ -45,16 +42,15 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
-from nanochat.common import UserError, atomic_write_text, get_base_dir, stream_to_file, unlink_quietly
+from nanochat.common import UserError, atomic_output, atomic_write_text, one_line, stream_to_file, unlink_quietly
+from nanochat.shards import ShardError, check_shard, default_data_dir, list_parquet_files
 
 DEFAULT_DATA_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
 MAX_SHARD_INDEX = 1822                     # last shard of FineWeb-Edu-100B shuffle = our validation shard
@@ -65,16 +61,11 @@ EMBEDDED_ROWS_PER_GROUP = 64
 PROBE_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 
-_SHARD_RE = re.compile(r"^shard_(\d{5})\.parquet$")
 _TMP_PREFIX = ".dl-"
 
 
 def shard_name(index: int) -> str:
     return f"shard_{index:05d}.parquet"
-
-
-def default_data_dir() -> Path:
-    return get_base_dir() / "base_data"
 
 
 def val_shard_index() -> int:
@@ -90,102 +81,16 @@ def val_shard_index() -> int:
     return idx
 
 
-# ----------------------------------------------------------------------------- reading
-
-def list_parquet_files(data_dir: str | os.PathLike | None = None) -> list[Path]:
-    """All parquet files of the data directory, sorted by name (= by shard index)."""
-    d = Path(data_dir) if data_dir is not None else default_data_dir()
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if p.suffix == ".parquet" and not p.name.startswith(".") and p.is_file())
-
-
-def split_files(split: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-    d = Path(data_dir) if data_dir is not None else default_data_dir()
-    files = list_parquet_files(d)
-    if not files:
-        raise UserError(f"no pretraining shards in {d}: run `make data`")
-    if len(files) < 2:
-        raise UserError(f"only one shard in {d} ({files[0].name}) but training needs two (the last one is "
-                        f"the validation split): run `make data`")
-    return files[:-1] if split == "train" else files[-1:]
-
-
-class ShardError(Exception):
-    """A parquet file that is unreadable, truncated, empty or has no `text` column."""
-
-
-def check_shard(path: Path):
-    """Open a shard's footer and check it; returns the pyarrow ParquetFile. Raises ShardError."""
-    import pyarrow.parquet as pq
-    try:
-        pf = pq.ParquetFile(path)
-    except FileNotFoundError:
-        raise ShardError("is missing") from None
-    except Exception as exc:
-        raise ShardError(f"is not a readable parquet file ({type(exc).__name__}: {_short(exc)})") from None
-    if "text" not in pf.schema_arrow.names:
-        raise ShardError(f"has no `text` column (columns: {', '.join(pf.schema_arrow.names) or 'none'})")
-    if pf.metadata.num_rows == 0 or pf.num_row_groups == 0:
-        raise ShardError("is empty (0 rows)")
-    return pf
-
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    s = " ".join(str(exc).split())
-    return s if len(s) <= limit else s[:limit] + "..."
-
-
-def _open_for_reading(path: Path):
-    try:
-        return check_shard(path)
-    except ShardError as exc:
-        raise UserError(f"shard {path} {exc}: delete it and rerun `make data`") from None
-
-
-def parquets_iter_batched(split: str, start: int = 0, step: int = 1, resume=None,
-                          data_dir: str | os.PathLike | None = None) -> Iterator[tuple[list[str], tuple[int, int]]]:
-    """Yield (texts, (shard_index, row_group_index)) for this rank's row groups of the split, once.
-
-    The split's row groups are numbered k = 0, 1, 2, ... in (shard, row group) order; this
-    iterator takes those with k % step == start. With resume=(s, g) it skips every position
-    <= (s, g), i.e. continues exactly after the last position a previous run consumed.
-    """
-    if step < 1 or not 0 <= start < step:
-        raise ValueError(f"need 0 <= start < step, got start={start} step={step}")
-    resume_pos = tuple(int(x) for x in resume) if resume is not None else None
-    files = split_files(split, data_dir)
-    k = 0
-    for si, path in enumerate(files):
-        pf = _open_for_reading(path)
-        for g in range(pf.num_row_groups):
-            mine = k % step == start
-            k += 1
-            if not mine or (resume_pos is not None and (si, g) <= resume_pos):
-                continue
-            try:
-                texts = pf.read_row_group(g, columns=["text"]).column("text").to_pylist()
-            except Exception as exc:
-                raise UserError(f"shard {path} is corrupt (row group {g}: {_short(exc)}): delete it and "
-                                f"rerun `make data`") from None
-            yield [t for t in texts if t is not None], (si, g)
-
-
 # ----------------------------------------------------------------------------- downloading
 
 class DownloadError(Exception):
     pass
 
 
-def _fetch_to(url: str, fd: int, timeout: float) -> int:
+def _fetch_to(url: str, path: Path, timeout: float) -> int:
     req = urllib.request.Request(url, headers={"User-Agent": "nanochat-dataset/1"})
-    with os.fdopen(fd, "wb", closefd=False) as out:
-        out.seek(0)
-        out.truncate()
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return stream_to_file(resp, out)
+    with open(path, "wb") as out, urllib.request.urlopen(req, timeout=timeout) as resp:
+        return stream_to_file(resp, out)
 
 
 def download_shard(url: str, dest: Path, retries: int = 5, backoff: float = 2.0,
@@ -211,15 +116,10 @@ def download_shard(url: str, dest: Path, retries: int = 5, backoff: float = 2.0,
             delay = min(backoff * 2 ** (attempt - 1), 60.0) * (1 + 0.1 * random.random())
             log(f"{dest.name}: attempt {attempt} failed ({last}); retrying in {delay:.1f}s")
             time.sleep(delay)
-        fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{dest.name}.", suffix=".tmp", dir=dest.parent)
         try:
-            try:
-                size = _fetch_to(url, fd, timeout)
-            finally:
-                os.close(fd)
-            check_shard(Path(tmp))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, dest)
+            with atomic_output(dest, prefix=f"{_TMP_PREFIX}{dest.name}.") as tmp:
+                size = _fetch_to(url, tmp, timeout)
+                check_shard(tmp)   # renamed into place only once pyarrow can read it
             return "downloaded", size
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code} {exc.reason}"
@@ -231,9 +131,7 @@ def download_shard(url: str, dest: Path, retries: int = 5, backoff: float = 2.0,
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
                 raise   # disk full: retrying cannot help; run_main reports it
             reason = getattr(exc, "reason", None) if isinstance(exc, urllib.error.URLError) else None
-            last = _short(reason if reason is not None else exc) or type(exc).__name__
-        finally:
-            unlink_quietly(tmp)
+            last = one_line(reason if reason is not None else exc) or type(exc).__name__
     raise DownloadError(f"{url}: {last} (after {retries + 1} attempts)")
 
 
@@ -246,9 +144,9 @@ def probe_url(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     except urllib.error.HTTPError:
         return None
     except urllib.error.URLError as exc:
-        return _short(exc.reason)
+        return one_line(exc.reason)
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        return _short(exc) or type(exc).__name__
+        return one_line(exc) or type(exc).__name__
 
 
 def download_shards(indices: list[int], base_url: str, data_dir: Path, workers: int = 4, retries: int = 5,
@@ -320,17 +218,10 @@ def _describe(kind: str, location: str) -> str:
 def _write_parquet(path: Path, texts: list[str], rows_per_group: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         pq.write_table(pa.table({"text": pa.array(texts, type=pa.string())}), tmp,
                        row_group_size=rows_per_group, compression="zstd")
-        check_shard(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        unlink_quietly(tmp)
-        raise
+        check_shard(tmp)
 
 
 def plan_embedded_shards(docs: list[str], shard_chars: int = EMBEDDED_SHARD_CHARS,
@@ -439,18 +330,13 @@ def link_local_dir(src_dir: Path, data_dir: Path, n: int | None = None, log=prin
     for src, dest in pairs:
         if dest.exists() and dest.stat().st_size == src.stat().st_size and _all_valid(data_dir, [dest.name]):
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=data_dir)
-        os.close(fd)
-        unlink_quietly(tmp)
-        try:
+        # mode=None: a hard link shares its source's mode, which is not ours to change
+        with atomic_output(dest, mode=None) as tmp:
+            tmp.unlink()
             try:
                 os.link(src, tmp)
             except OSError:
                 shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
-        except BaseException:
-            unlink_quietly(tmp)
-            raise
     _write_source(data_dir, "dir", str(src_dir), train_shards_written=want, val_shard=shard_name(vidx),
                   extra="\n".join(f"{d.name} <- {s}" for s, d in pairs))
     log(f"local directory {src_dir}: {want} train shard(s) + validation shard {shard_name(vidx)} "

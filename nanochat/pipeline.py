@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanochat.common import atomic_write_text
+from nanochat.common import UserError, atomic_write_text, ensure_base_dir
 
 
 @dataclass
@@ -143,8 +143,8 @@ def _process_start(pid: int) -> str | None:
 
 def cmd_lock(args) -> int:
     """Claim the base dir for make process `args.pid`; refuse if another live make holds it."""
-    base = Path(args.base_dir)
-    (base / ".stamps").mkdir(parents=True, exist_ok=True)
+    base = ensure_base_dir(args.base_dir)
+    (base / ".stamps").mkdir(exist_ok=True)
     lock_file = base / ".lock"
     me = f"{args.pid} {_process_start(args.pid)}"
     fd = os.open(base, os.O_RDONLY)
@@ -158,9 +158,7 @@ def cmd_lock(args) -> int:
             print(f"error: another make (pid {owner[0]}) is running on {base}: wait for it to finish, "
                   f"or use another NANOCHAT_BASE_DIR", file=sys.stderr)
             return 1
-        tmp = lock_file.with_suffix(".tmp")
-        tmp.write_text(me + "\n")
-        os.replace(tmp, lock_file)
+        atomic_write_text(lock_file, me + "\n")
         if args.stage:
             (base / ".stamps" / f"{args.stage}.start").write_text(f"{time.time():.3f}\n")
         return 0
@@ -205,7 +203,11 @@ def main(argv=None) -> int:
     p.add_argument("stage")
     p.add_argument("record", help="the stamp's content less its id (the Makefile's `record`)")
     args = parser.parse_args(argv)
-    return {"status": cmd_status, "dag": cmd_dag, "lock": cmd_lock, "finish": cmd_finish}[args.cmd](args)
+    try:
+        return {"status": cmd_status, "dag": cmd_dag, "lock": cmd_lock, "finish": cmd_finish}[args.cmd](args)
+    except UserError as exc:  # one line for make's output, like every entry point (common.run_main)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,17 +6,13 @@ What lives here (each script only builds its model, data and evaluations, then c
 - `semantic_config(args)`: the flags that DEFINE a run (everything except execution settings such as
   device batch size, device type, logging/eval/save cadence, tags); a checkpoint can only be
   resumed by a run with the same semantic config;
-- `init_run`: process group, device, autocast, wandb;
-- resume policy (`resolve_resume`): `--resume-from-step N` loads exactly step N (refusing an
-  incompatible one); `--resume=auto` (default) continues from the newest COMPATIBLE complete step
-  and, when there is none, says so in one line and starts over; `--resume=fresh` always starts
-  over. Starting over clears the output directory of the old run's checkpoints (the tag directory
-  is this run's output slot; leaving them would mix two runs' steps). Resuming restores model,
-  per-rank optimizer shards, RNG, the data loader states and the loop history, so a resumed run
-  logs exactly the losses of the uninterrupted one (same process count, deterministic kernels);
+- `init_run`: process group, device, autocast, wandb, and the run's first lines (world, device);
+- `resume_or_start`: the one start-up sequence of every stage -- the resume policy
+  (nanochat.resume), the model-shape check, the checkpoint's weights, the optimizers, their
+  restored state, compilation; `prepare_finetune` adds the upstream checkpoint of mid/SFT;
 - `train`: gradient accumulation with one host sync per optimizer step, LR/momentum schedules,
   per-step logging (loss, lr multiplier, dt, tok/s, MFU, ETA), eval/hook cadence, checkpoints
-  (every --save-every and at the end), gc management;
+  (every --save-every and at the end: what nanochat.resume needs to continue exactly), gc management;
 - `finish_report`: the report section + loss curve + --record-output.
 
 Step convention: checkpoint `s` holds the model after s optimizer steps; evaluations at step s
@@ -41,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from nanochat import checkpoint_manager as ckm
+from nanochat.resume import Resumed, resolve_resume, restore_optimizers, rng_state
 from nanochat.common import (UserError, atomic_write_text, compute_cleanup, compute_init, device_name, get_base_dir,
                              get_peak_flops, print0)
 
@@ -227,9 +224,18 @@ def init_run(args, project: str = "nanochat") -> RunContext:
             print0(f"wandb is not installed: --run={args.run} is logged to stdout only")
         else:
             ctx.wandb = wandb.init(project=project, name=args.run, config=vars(args))
+    print0(describe_world(world, device))
     print0(f"device: {device_name(device)} x {world} process(es) | autocast: {str(dtype).replace('torch.', '')} "
            f"| compile: {'on' if use_compile else 'off'}")
     return ctx
+
+
+def describe_world(world: int, device: torch.device) -> str:
+    """The one line every training run starts with (rank 0 prints it, from init_run): how many
+    processes, on which device type, over which process-group backend."""
+    ranks = "rank 0" if world == 1 else f"ranks 0-{world - 1}"
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none, single process"
+    return f"world size {world} ({ranks}; device type {device.type}; backend {backend})"
 
 
 def set_seeds(seed: int):
@@ -239,29 +245,45 @@ def set_seeds(seed: int):
         torch.cuda.manual_seed_all(seed)
 
 
-def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state()
-    return st
-
-
-def _set_rng_state(st: dict) -> None:
-    if not st:
-        return
-    if "torch" in st:
-        torch.set_rng_state(st["torch"].cpu())
-    if "python" in st:
-        random.setstate((3, tuple(int(x) for x in st["python"]), None))
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state(st["cuda"].cpu())
-
-
 def maybe_compile(ctx: RunContext, model, dynamic: bool | None = False):
     """What to call for training forwards: the model itself, or (with --compile) its compiled form."""
     if not ctx.compile:
         return model
     return model.compile_for_training(ctx.args.compile_scope, dynamic=dynamic)
+
+
+def build_optimizers(model, args, lr_frac: float = 1.0) -> list:
+    """The model's optimizers from the --*-lr / --weight-decay flags (add_lr_args), every initial lr
+    scaled by `lr_frac` (mid/SFT: --init-lr-frac)."""
+    extra = {"scalar_lr": args.scalar_lr} if hasattr(args, "scalar_lr") else {}
+    optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
+                                        matrix_lr=args.matrix_lr, weight_decay=args.weight_decay, **extra)
+    scale_initial_lr(optimizers, lr_frac)
+    return optimizers
+
+
+@dataclass
+class Start:
+    model_c: torch.nn.Module        # what the loop calls (the model, or its compiled form)
+    optimizers: list
+    resumed: Resumed | None         # the checkpoint continued from; None: a fresh start
+
+
+def resume_or_start(ctx: RunContext, model, ckpt_dir: Path, semantic: dict, lr_frac: float = 1.0,
+                    compile_dynamic: bool | None = False) -> Start:
+    """Every stage's start-up, in this order: the resume policy for `ckpt_dir` (may clear an old
+    run's steps), refusal of a checkpoint of another model shape, its weights into `model`, the
+    optimizers (build_optimizers), their state and the RNG restored, then compilation. `model` is
+    the freshly initialised (or upstream) model on ctx.device."""
+    resumed = resolve_resume(ctx, ckpt_dir, semantic)
+    if resumed is not None:
+        if resumed.meta.get("model_config") != dataclasses.asdict(model.config):
+            raise UserError(f"checkpoint step {resumed.step} in {ckpt_dir} has another model shape: --resume=fresh")
+        model.load_state_dict(resumed.model_state, strict=True)
+        resumed.model_state = None  # the model holds the weights now; keep no second copy
+    optimizers = build_optimizers(model, ctx.args, lr_frac)
+    restore_optimizers(optimizers, resumed)
+    return Start(maybe_compile(ctx, model, dynamic=compile_dynamic), optimizers, resumed)
 
 
 def apply_schedules(optimizers, lrm: float, momentum: float | None = None) -> None:
@@ -277,138 +299,6 @@ def scale_initial_lr(optimizers, frac: float) -> None:
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] = group["initial_lr"] * frac
-
-
-# ============================================================================ resume
-
-@dataclass
-class Resumed:
-    step: int
-    model_state: dict
-    optim: dict | None
-    meta: dict
-
-
-def _broadcast(obj):
-    if dist.is_available() and dist.is_initialized():
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
-
-
-def _barrier():
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _decide_resume(args, ckpt_dir: Path, semantic: dict) -> tuple[int | None, list[str], list[int]]:
-    """(step to resume or None, messages to print, steps to delete). Pure file inspection (rank 0)."""
-    msgs: list[str] = []
-    complete = ckm.complete_steps(ckpt_dir)
-    everything = ckm.all_steps(ckpt_dir)
-    if args.resume_from_step >= 0:
-        step = ckm.resolve_step(ckpt_dir, args.resume_from_step)
-        meta = ckm.read_meta(ckpt_dir, step)
-        diff = ckm.config_differences(meta.get("semantic_config", {}), semantic)
-        if diff:
-            raise UserError(f"cannot resume step {step} of {ckpt_dir}: it was made with other settings "
-                            f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}): use the same flags, "
-                            f"or --resume=fresh to start over")
-        msgs.append(f"resuming from step {step} of {ckpt_dir} (--resume-from-step)")
-        return step, msgs, []
-    if args.resume == "fresh":
-        if everything:
-            msgs.append(f"--resume=fresh: removing {len(everything)} existing checkpoint step(s) from {ckpt_dir}")
-        return None, msgs, everything
-    # auto
-    first_diff = None
-    for step in reversed(complete):
-        try:
-            meta = ckm.read_meta(ckpt_dir, step)
-        except UserError as exc:
-            msgs.append(f"warning: ignoring checkpoint step {step}: {exc}")
-            continue
-        diff = ckm.config_differences(meta.get("semantic_config", {}), semantic)
-        if not diff:
-            stale = [s for s in everything if s > step or (s in complete and s != step and
-                     ckm.config_differences(_meta_or_empty(ckpt_dir, s).get("semantic_config", {}), semantic))]
-            msgs.append(f"resuming from step {step} of {ckpt_dir}")
-            if stale:
-                msgs.append(f"removing {len(stale)} checkpoint step(s) of another run from {ckpt_dir}")
-            return step, msgs, stale
-        first_diff = first_diff or diff
-    if everything:
-        why = f" ({'; '.join(first_diff[:2])})" if first_diff else " (none complete)"
-        msgs.append(f"warning: checkpoints in {ckpt_dir} do not match this configuration{why}: starting over "
-                    f"and removing them")
-    return None, msgs, everything
-
-
-def _meta_or_empty(ckpt_dir, step) -> dict:
-    try:
-        return ckm.read_meta(ckpt_dir, step)
-    except UserError:
-        return {}
-
-
-def resolve_resume(ctx: RunContext, ckpt_dir: Path, semantic: dict) -> Resumed | None:
-    """Apply the resume policy (see module doc). Every rank must call it."""
-    decision = None
-    if ctx.master:
-        try:
-            step, msgs, doomed = _decide_resume(ctx.args, Path(ckpt_dir), semantic)
-            for m in msgs:
-                print0(m)
-            for s in doomed:
-                ckm.delete_step(ckpt_dir, s)
-            ckm.remove_temp_files(ckpt_dir)
-            decision = ("ok", step)
-        except UserError as exc:
-            decision = ("error", str(exc))
-    decision = _broadcast(decision)
-    _barrier()
-    if decision[0] == "error":
-        raise UserError(decision[1])
-    step = decision[1]
-    if step is None:
-        return None
-    model_state, optim, meta = ckm.load_checkpoint(ckpt_dir, step, ctx.device, load_optimizer=False, rank=ctx.rank)
-    saved_world = int(meta.get("world_size", ctx.world))
-    if saved_world == ctx.world:
-        optim = ckm.load_optimizer_state(ckpt_dir, step, ctx.rank, "cpu", meta)
-    else:
-        print0(f"warning: step {step} was saved by {saved_world} process(es), this run has {ctx.world}: the "
-               f"(sharded) optimizer state restarts and the data stream continues after the furthest position read")
-    return Resumed(step, model_state, optim, meta)
-
-
-def restore_optimizers(optimizers, resumed: Resumed | None, device) -> None:
-    if resumed is None or resumed.optim is None:
-        return
-    states = resumed.optim.get("optimizers")
-    if not isinstance(states, list) or len(states) != len(optimizers):
-        raise UserError("checkpoint optimizer state does not match this optimizer setup: --resume=fresh")
-    for opt, st in zip(optimizers, states):
-        try:
-            opt.load_state_dict(st)
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise UserError(f"checkpoint optimizer state does not fit ({str(exc).splitlines()[0][:120]}): "
-                            f"start over with --resume=fresh") from None
-    _set_rng_state(resumed.optim.get("rng", {}))
-
-
-def loader_resume_state(resumed: Resumed | None, rank: int, world: int) -> dict | None:
-    """This rank's data loader state from a checkpoint (rebased when the process count changed)."""
-    if resumed is None:
-        return None
-    states = resumed.meta.get("dataloader_state")
-    if not states:
-        return None
-    if len(states) == world:
-        return states[rank]
-    from nanochat.dataloader import rebase_state
-    return rebase_state(states, rank, world)
 
 
 # ============================================================================ the loop
@@ -609,7 +499,7 @@ def save(ctx: RunContext, spec: TrainSpec, step: int, loader_state, loop_state: 
         "stage": spec.stage, "world_size": ctx.world, "num_iterations": spec.num_iterations,
         "dataloader_state": states, "loop_state": loop_state, **{k: v for k, v in last_eval.items()},
     })
-    optim = {"optimizers": [o.state_dict() for o in spec.optimizers], "rng": _rng_state()}
+    optim = {"optimizers": [o.state_dict() for o in spec.optimizers], "rng": rng_state()}
     ckm.save_checkpoint(spec.ckpt_dir, step, spec.orig_model.state_dict(), optim, meta, ctx.rank)
     if ctx.master and spec.keep_last > 0:
         ckm.prune_checkpoints(spec.ckpt_dir, spec.keep_last, protect=(step,))
@@ -697,9 +587,8 @@ class Finetune:
 
 
 def prepare_finetune(ctx: RunContext, args, source: str, out_stage: str, compile_dynamic: bool | None = False) -> Finetune:
-    """Load the upstream checkpoint (source dir + tag + step), apply the resume policy for the
-    output dir `out_stage`/<tag>, build the optimizers (lr scaled by --init-lr-frac) and restore
-    their state when resuming. Shared by mid_train and chat_sft."""
+    """Load the upstream checkpoint (source dir + tag + step), then `resume_or_start` for the output
+    dir `out_stage`/<tag> with every lr scaled by --init-lr-frac. Shared by mid_train and chat_sft."""
     tag = args.model_tag or ckm.find_model_tag(source)
     src_dir = ckm.checkpoint_dir(source, tag)
     step = ckm.resolve_step(src_dir, args.model_step if args.model_step >= 0 else None)
@@ -718,95 +607,15 @@ def prepare_finetune(ctx: RunContext, args, source: str, out_stage: str, compile
     semantic = semantic_config(args, {"upstream": upstream, "vocab_size": tokenizer.get_vocab_size(),
                                       "max_seq_len": seq_len}, drop=("model_step", "source"))
     ckpt_dir = ckm.checkpoint_dir(out_stage, tag)
-    resumed = resolve_resume(ctx, ckpt_dir, semantic)
-    if resumed is not None:
-        if resumed.meta.get("model_config") != dataclasses.asdict(model.config):
-            raise UserError(f"checkpoint step {resumed.step} in {ckpt_dir} has another model shape: --resume=fresh")
-        model.load_state_dict(resumed.model_state, strict=True)
-        resumed.model_state = None
-    optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
-                                        matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
-    scale_initial_lr(optimizers, args.init_lr_frac)
-    restore_optimizers(optimizers, resumed, ctx.device)
-    model_c = maybe_compile(ctx, model, dynamic=compile_dynamic)
-    return Finetune(model, model_c, tokenizer, optimizers, upstream, up_meta, tag, ckpt_dir, semantic, resumed, seq_len)
+    start = resume_or_start(ctx, model, ckpt_dir, semantic, lr_frac=args.init_lr_frac, compile_dynamic=compile_dynamic)
+    return Finetune(model, start.model_c, tokenizer, start.optimizers, upstream, up_meta, tag, ckpt_dir, semantic,
+                    start.resumed, seq_len)
 
 
 def load_mixture(stage: str, split: str, max_examples: int | None = None):
     """nanochat.tasks.build_mixture(stage, split, max_examples); unavailability -> UserError."""
-    try:
-        from nanochat.tasks import build_mixture
-    except ImportError:
-        from nanochat.tasks.mixture import build_mixture
+    from nanochat.tasks import TaskUnavailable, build_mixture
     try:
         return build_mixture(stage, split, max_examples=max_examples)
-    except Exception as exc:
-        if type(exc).__name__ == "TaskUnavailable":
-            raise UserError(f"no data for the {stage} {split} mixture ({exc}): see README 'Offline data'") from None
-        raise
-
-
-@torch.no_grad()
-def categorical_accuracy(ctx: RunContext, model, tokenizer, task, max_problems: int = -1, batch_size: int = 8) -> float:
-    """Multiple-choice accuracy: the answer letter with the highest logit after the prompt.
-
-    Problems are dealt out over ranks and the counts all-reduced. `model` must accept variable
-    shapes (pass the uncompiled module)."""
-    n = len(task) if max_problems is None or max_problems < 0 else min(len(task), max_problems)
-    was_training = model.training
-    model.eval()
-    letter_cache: dict = {}
-    correct = total = 0
-    mine = list(range(ctx.rank, n, ctx.world))
-    for s in range(0, len(mine), batch_size):
-        rows, choices, answers = [], [], []
-        for i in mine[s:s + batch_size]:
-            conv = task[i]
-            letters = conv.get("letters")
-            if not letters:
-                continue
-            ids = tokenizer.render_for_completion(conv)
-            ids = ids[-model.config.sequence_len:]
-            for letter in letters:
-                if letter not in letter_cache:
-                    letter_cache[letter] = tokenizer.encode(letter)[0]
-            rows.append(ids)
-            choices.append([letter_cache[l] for l in letters])
-            answers.append(_answer_letter(conv, letters))
-        if not rows:
-            continue
-        from nanochat.dataloader import bucket_width
-        width = bucket_width(max(len(r) for r in rows), model.config.sequence_len)
-        x = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, ids in enumerate(rows):
-            x[r, :len(ids)] = torch.tensor(ids)
-        with ctx.autocast():
-            logits = model(x.to(ctx.device))
-        for r, ids in enumerate(rows):
-            last = logits[r, len(ids) - 1]
-            pick = int(torch.argmax(last[torch.tensor(choices[r], device=last.device)]).item())
-            correct += int(answers[r] == pick)
-            total += 1
-    counts = torch.tensor([correct, total], dtype=torch.float64, device=ctx.device if ctx.device.type != "mps" else "cpu")
-    if ctx.is_ddp:
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    if was_training:
-        model.train()
-    return float(counts[0] / counts[1]) if counts[1] > 0 else float("nan")
-
-
-def _answer_letter(conv, letters) -> int:
-    for msg in reversed(conv["messages"]):
-        if msg["role"] == "assistant":
-            content = msg["content"]
-            text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
-            text = text.strip()
-            return letters.index(text) if text in letters else -1
-    return -1
-
-
-def env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+    except TaskUnavailable as exc:
+        raise UserError(f"no data for the {stage} {split} mixture ({exc}): see README 'Offline data'") from None

@@ -13,13 +13,13 @@ and at the end; --resume=auto (default) continues a compatible run (see nanochat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import torch
 
 from nanochat.common import UserError, dist_env, print0, run_main
 from nanochat import training as tr
+from nanochat.resume import loader_resume_state
 
 SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is",
                   "If yesterday was Friday, then tomorrow will be", "The opposite of hot is"]
@@ -105,22 +105,13 @@ def horizon(args, flops_per_token: float, num_params: int) -> tuple[int, str]:
 
 
 def core_metric_hook(ctx, model, tokenizer, max_per_task):
-    state = {"missing": False}
-
     def hook(step):
-        if state["missing"]:
-            return None
-        try:
-            from nanochat.core_eval import evaluate_core  # written by the evaluation module
-        except (ImportError, AttributeError) as exc:
-            state["missing"] = True
-            print0(f"CORE metric skipped: nanochat.core_eval.evaluate_core is not available ({exc})")
-            return None
+        from nanochat.core_eval import evaluate_core
         model.eval()
         with ctx.autocast():
             res = evaluate_core(model, tokenizer, ctx.device, max_per_task=max_per_task)
         model.train()
-        core = res.get("CORE", res.get("core_metric")) if isinstance(res, dict) else res
+        core = res["CORE"]
         print0(f"step {step:05d} | CORE {core}")
         return {"CORE": core} if core is not None else None
     return hook
@@ -161,7 +152,7 @@ def check_fits(args, config, vocab: int, device) -> None:
 
 def check_shards() -> None:
     """Every train/val shard opens (footer, `text` column, rows), or a one-line UserError naming it."""
-    from nanochat.dataset import ShardError, check_shard, split_files
+    from nanochat.shards import ShardError, check_shard, split_files
     for split in ("train", "val"):
         for f in split_files(split):
             try:
@@ -222,18 +213,8 @@ def run(ctx, args) -> None:
     ckpt_dir = ckm.checkpoint_dir("base", tag)
     semantic = tr.semantic_config(args, {"vocab_size": vocab})
     check_shards()  # before the resume policy may clear this tag's old checkpoints
-    resumed = tr.resolve_resume(ctx, ckpt_dir, semantic)
-    if resumed is not None:
-        if resumed.meta.get("model_config") != dataclasses.asdict(config):
-            raise UserError(f"checkpoint step {resumed.step} in {ckpt_dir} has another model shape: --resume=fresh")
-        model.load_state_dict(resumed.model_state, strict=True)
-        del resumed.model_state
-
-    optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
-                                        matrix_lr=args.matrix_lr, weight_decay=args.weight_decay,
-                                        scalar_lr=args.scalar_lr)
-    tr.restore_optimizers(optimizers, resumed, ctx.device)
-    model_c = tr.maybe_compile(ctx, model)
+    start = tr.resume_or_start(ctx, model, ckpt_dir, semantic)
+    model_c, optimizers, resumed = start.model_c, start.optimizers, start.resumed
 
     print0(f"model: depth {config.n_layer}, dim {config.n_embd}, heads {config.n_head}, windows "
            f"{config.window_pattern}, vocab {vocab:,}, params {nparams['total']:,} "
@@ -245,7 +226,7 @@ def run(ctx, args) -> None:
            f"{total_flops:.3e} FLOPs, tokens:params {args.total_batch_size * N / nparams['total']:.2f}")
 
     train_loader = pretrain_loader(tokenizer, B, T, "train", ctx.device, ctx.rank, ctx.world,
-                                   resume_state=tr.loader_resume_state(resumed, ctx.rank, ctx.world))
+                                   resume_state=loader_resume_state(resumed, ctx.rank, ctx.world))
     eval_steps = max(1, args.eval_tokens // (B * T * ctx.world))
 
     def evaluate(step):

@@ -66,13 +66,15 @@ def parse_task_names(spec: str | None) -> list[str]:
 
 
 class Evaluator:
+    """Both kinds of chat task on this rank's share of the problems: categorical through
+    nanochat.chat_eval (the evaluator chat_sft's metrics use too), generative with the Engine."""
+
     def __init__(self, model, tokenizer, device, rank: int = 0, world: int = 1):
         from nanochat.engine import Engine
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.rank, self.world = rank, world
         self.engine = Engine(model, tokenizer)
-        self.max_len = int(getattr(getattr(model, "config", None), "sequence_len", 0) or 0) or None
-        self._letter_ids: dict = {}
+        self.max_len = model.config.sequence_len
 
     def autocast(self):
         import torch
@@ -80,48 +82,20 @@ class Evaluator:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _prompt(self, conversation) -> list[int]:
-        ids = self.tokenizer.render_for_completion(conversation)
-        if self.max_len is not None and len(ids) > self.max_len:
-            ids = ids[-self.max_len:]  # keep the end: the choices and the answer cue
-        return ids
-
-    def _letter(self, letter: str) -> int:
-        if letter not in self._letter_ids:
-            self._letter_ids[letter] = self.tokenizer.encode(letter)[0]
-        return self._letter_ids[letter]
-
-    def _indices(self, n: int) -> list[int]:
-        return list(range(self.rank, n, self.world))
+    def _indices(self, n: int) -> range:
+        return range(self.rank, n, self.world)
 
     def categorical(self, task, n: int, batch_size: int) -> tuple[int, int]:
-        import torch
-        from nanochat.tasks.base import last_assistant_text
-        correct = total = 0
-        mine = self._indices(n)
-        for s in range(0, len(mine), batch_size):
-            convs = [task[i] for i in mine[s:s + batch_size]]
-            rows = [self._prompt(c) for c in convs]
-            width = max(len(r) for r in rows)
-            x = torch.full((len(rows), width), self.tokenizer.get_bos_token_id(), dtype=torch.long)
-            for r, ids in enumerate(rows):
-                x[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-            with torch.no_grad(), self.autocast():
-                logits = self.model(x.to(self.device))
-            for r, (conv, ids) in enumerate(zip(convs, rows)):
-                letters = conv["letters"]
-                cand = torch.tensor([self._letter(l) for l in letters], device=logits.device)
-                pick = letters[int(torch.argmax(logits[r, len(ids) - 1].index_select(0, cand)).item())]
-                correct += int(pick == last_assistant_text(conv).strip())
-                total += 1
-        return correct, total
+        from nanochat.chat_eval import categorical_counts
+        return categorical_counts(self.model, self.tokenizer, task, self._indices(n), batch_size, self.autocast)
 
     def generative(self, task, n: int, num_samples: int, max_new_tokens: int, temperature: float,
                    top_k: int | None, seed: int) -> tuple[int, int]:
+        from nanochat.chat_eval import completion_prompt
         correct = total = 0
         for i in self._indices(n):
             conv = task[i]
-            prompt = self._prompt(conv)
+            prompt = completion_prompt(self.tokenizer, conv, self.max_len)
             with self.autocast():
                 results, _ = self.engine.generate_batch(prompt, num_samples=num_samples, max_tokens=max_new_tokens,
                                                         temperature=temperature, top_k=top_k, seed=seed + i)
@@ -129,16 +103,6 @@ class Evaluator:
             correct += int(any(task.evaluate(conv, c) for c in completions))
             total += 1
         return correct, total
-
-
-def all_reduce_counts(correct: int, total: int, device, is_ddp: bool) -> tuple[int, int]:
-    if not is_ddp:
-        return correct, total
-    import torch
-    import torch.distributed as dist
-    t = torch.tensor([correct, total], dtype=torch.long, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return int(t[0].item()), int(t[1].item())
 
 
 def chatcore(accuracies: dict) -> float | None:
@@ -149,7 +113,8 @@ def chatcore(accuracies: dict) -> float | None:
     return sum(centred) / len(centred)
 
 
-def evaluate(args, model, tokenizer, meta, device, is_ddp, rank, world) -> dict:
+def evaluate(args, model, tokenizer, meta, device, rank, world) -> dict:
+    from nanochat.chat_eval import all_reduce_counts
     from nanochat.tasks import TaskUnavailable, load_eval_task
     ev = Evaluator(model, tokenizer, device, rank, world)
     top_k = args.top_k if args.top_k and args.top_k > 0 else None
@@ -172,7 +137,7 @@ def evaluate(args, model, tokenizer, meta, device, is_ddp, rank, world) -> dict:
         else:
             c, t = ev.generative(task, n, max(1, args.num_samples), args.max_new_tokens, args.temperature, top_k,
                                  args.seed)
-        c, t = all_reduce_counts(c, t, device, is_ddp)
+        c, t = all_reduce_counts(c, t, device)
         acc = c / t if t else 0.0
         results[name] = {"accuracy": acc, "correct": c, "total": t, "source": task.source,
                          "type": task.eval_type, "seconds": time.time() - t0}
@@ -214,13 +179,13 @@ def main(argv=None) -> None:
     parse_task_names(args.task_name)  # validate before loading anything
     if args.num_samples > 1 and args.temperature == 0:
         print0("note: -n > 1 with -t 0 draws identical greedy samples")
-    is_ddp, rank, _, world, device = compute_init(args.device_type, seed=args.seed)
+    _, rank, _, world, device = compute_init(args.device_type, seed=args.seed)
     try:
         from nanochat.checkpoint_manager import load_model
         model, tokenizer, meta = load_model(args.source, device, "eval", args.model_tag, args.step)
         meta = dict(meta)
         print0(f"evaluating {args.source} model (tag {args.model_tag or 'auto'}, step {meta.get('step')}) on {device}")
-        out = evaluate(args, model, tokenizer, meta, device, is_ddp, rank, world)
+        out = evaluate(args, model, tokenizer, meta, device, rank, world)
         if rank == 0 and not args.no_report:
             from nanochat.report import Report
             path = Report().log(SECTIONS[args.source], report_items(args, out, meta))

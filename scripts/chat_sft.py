@@ -17,6 +17,9 @@ import argparse
 
 from nanochat.common import UserError, dist_env, print0, run_main
 from nanochat import training as tr
+from nanochat.chat_eval import categorical_accuracy
+from nanochat.resume import loader_resume_state
+from nanochat.tasks import load_eval_task
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,19 +70,15 @@ def metrics_hook(ctx, ft, max_problems):
     def hook(step):
         if not state["loaded"]:
             state["loaded"] = True
-            try:
-                from nanochat.tasks.mixture import load_eval_task
-            except ImportError as exc:
-                print0(f"chat metrics skipped: {exc}")
-                return None
             for name in ("MMLU", "ARC-Easy"):
                 try:
                     tasks[name] = load_eval_task(name)
-                except Exception as exc:  # TaskUnavailable and friends: say so, keep training
+                except Exception as exc:  # TaskUnavailable, or a loader's own failure: say so, keep training
                     print0(f"chat metric {name} skipped: {exc}")
         out = {}
         for name, task in tasks.items():
-            out[f"{name} acc"] = tr.categorical_accuracy(ctx, ft.model, ft.tokenizer, task, max_problems)
+            out[f"{name} acc"] = categorical_accuracy(ft.model, ft.tokenizer, task, ctx.rank, ctx.world,
+                                                      max_problems, autocast=ctx.autocast)
         if out:
             print0(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in out.items()))
         return out
@@ -114,13 +113,13 @@ def run(ctx, args) -> None:
         N = max(1, len(train_task) // args.target_examples_per_step * args.num_epochs)
         print0(f"--num-iterations=-1: {args.num_epochs} epoch(s) of {len(train_task):,} conversations = {N:,} steps")
     print0(f"sft mixture: {len(train_task):,} train / {len(val_task):,} val conversations")
-    for line in getattr(train_task, "report_lines", lambda: [])():
+    for line in train_task.report_lines():
         print0(f"  {line}")
     print0(f"batch: {args.target_examples_per_step} conversations/step = {B} x {ctx.world} process(es) x {accum} "
            f"micro-step(s); rows up to {T} tokens")
 
     train_loader = sft_loader(train_task, ft.tokenizer, B, T, ctx.device, ctx.rank, ctx.world,
-                              resume_state=tr.loader_resume_state(ft.resumed, ctx.rank, ctx.world))
+                              resume_state=loader_resume_state(ft.resumed, ctx.rank, ctx.world))
 
     def evaluate(step):
         val = sft_loader(val_task, ft.tokenizer, B, T, ctx.device, ctx.rank, ctx.world, prefetch=2)
@@ -155,7 +154,7 @@ def run(ctx, args) -> None:
     summary["Final val loss"] = result.last_eval.get("val_loss")
     for k, v in result.extras.items():
         summary[k] = v
-    lines = ["Mixture:"] + [f"- {x}" for x in getattr(train_task, "report_lines", lambda: [])()]
+    lines = ["Mixture:"] + [f"- {x}" for x in train_task.report_lines()]
     tr.finish_report(ctx, "Chat SFT", "sft_loss", result, config, summary, lines)
     tr.record_output(ctx, args.record_output, result.final_step)
 

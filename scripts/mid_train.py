@@ -17,6 +17,7 @@ import math
 
 from nanochat.common import UserError, dist_env, print0, run_main
 from nanochat import training as tr
+from nanochat.resume import loader_resume_state
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,12 +91,12 @@ def run(ctx, args) -> None:
         N = estimate_epoch_steps(train_task, ft.tokenizer, T + 1, args.total_batch_size)
         print0(f"--num-iterations=-1: about one epoch of the mixture = {N:,} steps")
     print0(f"mid mixture: {len(train_task):,} train / {len(val_task):,} val conversations")
-    for line in getattr(train_task, "report_lines", lambda: [])():
+    for line in train_task.report_lines():
         print0(f"  {line}")
     print0(f"batch: {args.total_batch_size:,} tokens/step = {B} x {T} x {ctx.world} process(es) x {accum} micro-step(s)")
 
     train_loader = mid_loader(train_task, ft.tokenizer, B, T, ctx.device, ctx.rank, ctx.world,
-                              resume_state=tr.loader_resume_state(ft.resumed, ctx.rank, ctx.world))
+                              resume_state=loader_resume_state(ft.resumed, ctx.rank, ctx.world))
     eval_steps = max(1, args.eval_tokens // (B * T * ctx.world))
 
     def evaluate(step):
@@ -129,7 +130,7 @@ def run(ctx, args) -> None:
     summary = tr.summary_metrics(ctx, result)
     summary["Final val loss"] = result.last_eval.get("val_loss")
     summary["Final val bpb"] = result.last_eval.get("val_bpb")
-    lines = ["Mixture:"] + [f"- {x}" for x in getattr(train_task, "report_lines", lambda: [])()]
+    lines = ["Mixture:"] + [f"- {x}" for x in train_task.report_lines()]
     tr.finish_report(ctx, "Midtraining", "mid_loss", result, config, summary, lines)
     tr.record_output(ctx, args.record_output, result.final_step)
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from nanochat.common import dist_env, run_main
-from nanochat.dataset import parquets_iter_batched
+from nanochat.shards import parquets_iter_batched
 from nanochat.report import get_report
 from nanochat.tokenizer import get_tokenizer
 

@@ -13,7 +13,7 @@ import argparse
 import time
 
 from nanochat.common import UserError, dist_env, get_base_dir, run_main
-from nanochat.dataset import parquets_iter_batched
+from nanochat.shards import parquets_iter_batched
 from nanochat.report import get_report
 from nanochat.tokenizer import MIN_VOCAB_SIZE, SPECIAL_TOKENS, Tokenizer
 

@@ -28,10 +28,9 @@ docstring and NOT repeated; where a similar case appears here it goes through a 
 - tests/test_tokenizer.py: truncated / class-referencing tokenizer.pkl, garbage token_bytes.pt (in process).
 - tests/test_execution.py: the code-execution sandbox.
 
-Not testable here: NPROC above the number of visible GPUs (needs GPUs: the Makefile rejects
-DEVICE_TYPE=cuda first on a GPU-less machine, and nanochat.common.compute_init only compares
-LOCAL_WORLD_SIZE with torch.cuda.device_count() once CUDA is available) -- see
-test_nproc_above_visible_gpus, skipped with that reason when no GPU is present.
+NPROC above the number of visible GPUs cannot reach compute_init through a subprocess on a GPU-less
+machine (the Makefile rejects DEVICE_TYPE=cuda first), so test_nproc_above_visible_gpus checks
+compute_init in process with torch.cuda reporting one GPU.
 """
 from __future__ import annotations
 
@@ -199,11 +198,18 @@ def test_make_absurd_depth_fails_in_the_script_not_by_oom(base):
                    "--model-tag=huge", match="--depth=100000")
 
 
-@pytest.mark.skipif(True, reason="NPROC above the visible GPUs needs CUDA: without a GPU the Makefile "
-                    "rejects DEVICE_TYPE=cuda first (tests/test_pipeline.py::test_15) and compute_init's "
-                    "LOCAL_WORLD_SIZE > device_count check is only reachable with CUDA available")
-def test_nproc_above_visible_gpus():
-    pass
+def test_nproc_above_visible_gpus(monkeypatch):
+    """More processes per node than visible GPUs: compute_init refuses before touching a device, naming
+    NPROC. In process, with torch.cuda reporting one GPU: without a real GPU no subprocess gets this far
+    (the Makefile rejects DEVICE_TYPE=cuda first, tests/test_pipeline.py::test_15)."""
+    import torch
+    from nanochat.common import UserError, compute_init
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for var, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(UserError, match=r"^NPROC=2 processes per node but only 1 GPU\(s\) visible: set NPROC<=1$"):
+        compute_init("cuda")
 
 
 # ============================================================================ script flags

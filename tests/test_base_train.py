@@ -110,6 +110,11 @@ def test_ddp_two_processes_match_one(base_dir):
     args = [*TINY, "--num-iterations=6", "--eval-every=-1", "--save-every=3"]
     one = ok(run_script(base_dir, "scripts.base_train", *args, "--model-tag=one"))
     two = ok(run_script(base_dir, "scripts.base_train", *args, "--model-tag=two", nproc=2))
+    # init_run's world line: printed once, by rank 0 only
+    assert [line for line in one.splitlines() if line.startswith("world size")] == \
+        ["world size 1 (rank 0; device type cpu; backend none, single process)"]
+    assert [line for line in two.splitlines() if line.startswith("world size")] == \
+        ["world size 2 (ranks 0-1; device type cpu; backend gloo)"]
     l1, l2 = losses(one), losses(two)
     assert sorted(l1) == sorted(l2) == list(range(1, 7))
     # same total batch; the ranks see other documents, so the curves agree only approximately
@@ -163,3 +168,22 @@ def test_missing_tokenizer_is_a_user_error(base_dir):
     from scripts import base_train
     with pytest.raises(UserError, match="tokenizer"):
         base_train.main([*TINY, "--num-iterations=1"])
+
+
+@pytest.mark.parametrize("module,argv", [
+    ("base_train", [*TINY, "--num-iterations=1"]),
+    ("mid_train", ["--device-type=cpu"]),
+    ("chat_sft", ["--device-type=cpu", "--model-tag=x"]),
+])
+def test_every_training_script_prints_its_world_once(base_dir, monkeypatch, capsys, module, argv):
+    """All three go through training.init_run, which prints the line before anything is loaded (here
+    the tokenizer, mixture or checkpoint is missing, so each then stops with a UserError)."""
+    import importlib
+    from nanochat import training
+    from nanochat.common import UserError
+    monkeypatch.setattr(training, "load_mixture", lambda stage, split, max_examples=None: [])
+    script = importlib.import_module(f"scripts.{module}")
+    with pytest.raises(UserError):
+        script.main(argv)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("world size")]
+    assert lines == ["world size 1 (rank 0; device type cpu; backend none, single process)"]

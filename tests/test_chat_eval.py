@@ -21,8 +21,6 @@ _spec.loader.exec_module(tiny_chat)
 
 from scripts.chat_eval import ALL_TASKS, chatcore, parse_task_names  # noqa: E402
 
-needs_model = pytest.mark.skipif(tiny_chat.modules_missing() is not None, reason=str(tiny_chat.modules_missing()))
-
 
 def test_task_name_parsing_and_chatcore():
     assert parse_task_names(None) == ALL_TASKS
@@ -35,11 +33,44 @@ def test_task_name_parsing_and_chatcore():
     assert chatcore({}) is None
 
 
+def test_categorical_evaluator_matches_one_prompt_at_a_time():
+    """nanochat.chat_eval (behind chat_eval's ARC/MMLU and chat_sft's metrics): batched, padded and
+    cropped prompts pick the same letters as one unpadded forward per prompt; problems without
+    letters are left out; the model's mode is restored; ranks' shares add up."""
+    import random
+
+    import torch
+    from nanochat.chat_eval import categorical_accuracy, categorical_counts, completion_prompt
+    from nanochat.tasks.base import ListTask, multiple_choice_conversation
+    tok = tiny_chat.train_tokenizer()
+    model = tiny_chat.tiny_model(tok.get_vocab_size(), sequence_len=64, seed=2)
+    rng = random.Random(0)
+    convs = [multiple_choice_conversation(f"question {i}: which one?" + " filler" * rng.randint(0, 40),
+                                          ["red", "blue", "green", "black"], rng.randrange(4)) for i in range(12)]
+    assert max(len(tok.render_for_completion(c)) for c in convs) > 64     # some prompts are cropped
+    convs.insert(5, {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    task = ListTask("MC", convs, source="test", eval_type="categorical")
+    expected = 0
+    with torch.no_grad():
+        for c in convs:
+            if "letters" not in c:
+                continue
+            ids = completion_prompt(tok, c, 64)
+            last = model(torch.tensor([ids]))[0, -1]
+            letter_ids = torch.tensor([tok.encode(letter)[0] for letter in c["letters"]])
+            expected += c["letters"][int(torch.argmax(last[letter_ids]))] == c["messages"][-1]["content"]
+    assert 0 < expected < 12    # a random model: some right, some wrong, so a wrong pick would show
+    model.train()
+    assert categorical_counts(model, tok, task, range(len(task)), batch_size=5) == (expected, 12)
+    assert model.training
+    assert categorical_accuracy(model, tok, task, batch_size=3) == pytest.approx(expected / 12)
+    shares = [categorical_counts(model, tok, task, range(r, len(task), 2), batch_size=4) for r in (0, 1)]
+    assert (sum(c for c, _ in shares), sum(t for _, t in shares)) == (expected, 12)
+
+
 @pytest.fixture
 def chat_env(base_dir, tmp_path):
     """A tiny sft (and mid) checkpoint, fake offline wheels, ARC in a local task dir."""
-    if tiny_chat.modules_missing():
-        pytest.skip(tiny_chat.modules_missing())
     tiny_chat.build_checkpoint(base_dir, source="sft", tag="tiny", step=0)
     tiny_chat.build_checkpoint(base_dir, source="mid", tag="tiny", step=3, seed=1)
     wh = tiny_chat.make_wheelhouse(tmp_path / "wheelhouse")
@@ -63,7 +94,6 @@ def ok(res):
     return res.stdout
 
 
-@needs_model
 def test_chat_eval_end_to_end(chat_env):
     base, env = chat_env
     out = ok(run(env, "-m", "scripts.chat_eval", "-i", "sft", "-g", "tiny", "-s", "0", "-x", "3", "-m", "6",
@@ -85,7 +115,6 @@ def test_chat_eval_end_to_end(chat_env):
     assert re.search(r"^\| ChatCORE \| - \| - \| -?\d", report, re.M), report[:2000]
 
 
-@needs_model
 def test_chat_eval_reports_unavailable_tasks(chat_env):
     base, env = chat_env
     env = dict(env)
@@ -100,7 +129,6 @@ def test_chat_eval_reports_unavailable_tasks(chat_env):
     assert "not comparable" in text
 
 
-@needs_model
 def test_chat_eval_ddp_matches_single_process(chat_env):
     base, env = chat_env
     args = ["-m", "scripts.chat_eval", "-i", "sft", "-g", "tiny", "-a", "MMLU|GSM8K", "-x", "4", "-m", "4",
@@ -114,7 +142,6 @@ def test_chat_eval_ddp_matches_single_process(chat_env):
     assert all(c.endswith("/4") for _, c in counts(ddp))  # every problem counted once over the 2 ranks
 
 
-@needs_model
 def test_chat_eval_user_errors(chat_env):
     base, env = chat_env
     res = run(env, "-m", "scripts.chat_eval", "-i", "sft", "-g", "nope", "--device-type", "cpu")
@@ -123,7 +150,6 @@ def test_chat_eval_user_errors(chat_env):
     assert res.returncode == 2 and "unknown task" in res.stderr
 
 
-@needs_model
 def test_chat_cli_one_shot_and_interactive(chat_env):
     base, env = chat_env
     out = ok(run(env, "-m", "scripts.chat_cli", "-g", "tiny", "-p", "Hello, who are you?", "-m", "12",
@@ -134,7 +160,6 @@ def test_chat_cli_one_shot_and_interactive(chat_env):
     assert out.count("Assistant: ") == 2 and "(conversation cleared)" in out
 
 
-@needs_model
 def test_chat_keeps_history_and_tool_parts(chat_env):
     base, _ = chat_env
     import io

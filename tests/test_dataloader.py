@@ -285,6 +285,28 @@ def test_threaded_loader_matches_stream_and_propagates_errors():
         next(DataLoader(Boom(), 2, 4, prefetch=1))
 
 
+def test_threaded_loader_close_stops_production_and_the_worker():
+    import threading
+
+    class Counting:
+        calls = 0
+
+        def next_batch(self, B):
+            Counting.calls += 1
+            return np.zeros((B, 4), dtype=np.int64), np.zeros((B, 4), dtype=np.int64), {"n": Counting.calls}
+    ld = DataLoader(Counting(), 2, 4, prefetch=2)
+    assert [next(ld)[2]["n"] for _ in range(3)] == [1, 2, 3]        # in order
+    ld.close()
+    for t in threading.enumerate():
+        if t.name.startswith("nanochat-dataloader"):
+            t.join(10)
+            assert not t.is_alive()
+    assert Counting.calls <= 3 + 2                                   # at most `prefetch` ahead, none after close
+    with pytest.raises(RuntimeError, match="closed"):
+        next(ld)
+    ld.close()                                                       # closing twice is fine
+
+
 # ----------------------------------------------------------------------------- real modules
 
 def test_real_corpus_and_tokenizer(base_dir):

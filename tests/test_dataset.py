@@ -1,4 +1,4 @@
-"""nanochat.dataset and nanochat.embedded_corpus: downloads (against a local HTTP server only),
+"""nanochat.dataset, nanochat.shards and nanochat.embedded_corpus: downloads (against a local HTTP server only),
 local directories, the embedded corpus (from fake archives: no network), DDP sharding, resume."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import subprocess_env
-from nanochat import dataset, embedded_corpus, offline
+from nanochat import dataset, embedded_corpus, offline, shards
 from nanochat.common import UserError
 
 
@@ -155,7 +155,7 @@ def test_prepare_url_resume_and_replace_corrupt(base_dir, server_routes, monkeyp
     with ShardServer(server_routes) as srv:
         with pytest.raises(UserError, match=r"could not download 1 of 5 .*shard_00003.*make data"):
             dataset.prepare(4, srv.url, retries=2, backoff=0.01, log=quiet)
-        names = sorted(p.name for p in dataset.list_parquet_files(data))
+        names = sorted(p.name for p in shards.list_parquet_files(data))
         assert names == ["shard_00000.parquet", "shard_00001.parquet", "shard_00002.parquet", "shard_00004.parquet"]
         assert dataset.read_source(data)["kind"] == "url"
         before = dict(srv.gets)
@@ -170,9 +170,9 @@ def test_prepare_url_resume_and_replace_corrupt(base_dir, server_routes, monkeyp
         assert srv.gets["/shard_00000.parquet"] == before["/shard_00000.parquet"] + 1
         assert srv.gets["/shard_00001.parquet"] == before["/shard_00001.parquet"]
         assert pq.read_table(p0).column("text").to_pylist() == TEXTS[0]
-    train = [t for texts, _ in dataset.parquets_iter_batched("train") for t in texts]
+    train = [t for texts, _ in shards.parquets_iter_batched("train") for t in texts]
     assert train == TEXTS[0] + TEXTS[1] + TEXTS[2]
-    val = [t for texts, _ in dataset.parquets_iter_batched("val") for t in texts]
+    val = [t for texts, _ in shards.parquets_iter_batched("val") for t in texts]
     assert val == TEXTS[4]
 
 
@@ -270,7 +270,7 @@ def test_embedded_one_source_missing_and_none(base_dir, wheelhouse, monkeypatch)
 def test_build_embedded_layout(base_dir, wheelhouse):
     data = base_dir / "base_data"
     info = dataset.build_embedded(data, n=None, shard_chars=8000, val_chars=3000, rows_per_group=1, log=quiet)
-    files = dataset.list_parquet_files(data)
+    files = shards.list_parquet_files(data)
     assert files[-1].name == "shard_01822.parquet" and info["train_shards"] == len(files) - 1 >= 2
     assert [f.name for f in files[:-1]] == [dataset.shard_name(i) for i in range(len(files) - 1)]
     corpus = embedded_corpus.build_corpus(log=quiet)
@@ -290,7 +290,7 @@ def test_embedded_cli_caps_n(base_dir, wheelhouse, repo_root):
                          cwd=repo_root, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "data source used: embedded" in res.stdout
-    names = [p.name for p in dataset.list_parquet_files(base_dir / "base_data")]
+    names = [p.name for p in shards.list_parquet_files(base_dir / "base_data")]
     assert names == ["shard_00000.parquet", "shard_01822.parquet"]
 
 
@@ -319,9 +319,9 @@ def test_source_dir(base_dir, tmp_path):
     data = base_dir / "base_data"
     info = dataset.prepare(None, str(src), log=quiet)
     assert info == {"kind": "dir", "train_shards": 2}
-    assert [p.name for p in dataset.list_parquet_files(data)] == ["shard_00000.parquet", "shard_00001.parquet",
+    assert [p.name for p in shards.list_parquet_files(data)] == ["shard_00000.parquet", "shard_00001.parquet",
                                                                   "shard_01822.parquet"]
-    assert [t for b, _ in dataset.parquets_iter_batched("val") for t in b] == TEXTS[2]
+    assert [t for b, _ in shards.parquets_iter_batched("val") for t in b] == TEXTS[2]
     assert dataset.read_source(data)["kind"] == "dir"
     dataset.prepare(1, str(src), log=quiet)   # same directory again: fine
     with pytest.raises(UserError, match="already holds shards from dir"):
@@ -358,54 +358,54 @@ def sharded(base_dir):
 
 
 def test_ddp_sharding_disjoint_and_complete(sharded):
-    everything = list(dataset.parquets_iter_batched("train"))
+    everything = list(shards.parquets_iter_batched("train"))
     all_pos = [pos for _, pos in everything]
     assert len(all_pos) == 8
     assert [t for b, _ in everything for t in b] == sharded[0] + sharded[1] + sharded[2]
     for world in (1, 2, 3):
-        per_rank = [list(dataset.parquets_iter_batched("train", start=r, step=world)) for r in range(world)]
+        per_rank = [list(shards.parquets_iter_batched("train", start=r, step=world)) for r in range(world)]
         positions = [pos for rank in per_rank for _, pos in rank]
         assert sorted(positions) == sorted(all_pos) and len(set(positions)) == len(positions)
         for r, rank in enumerate(per_rank):
             assert [pos for _, pos in rank] == all_pos[r::world]      # round robin over the ordered list
-    val = list(dataset.parquets_iter_batched("val"))
+    val = list(shards.parquets_iter_batched("val"))
     assert [t for b, _ in val for t in b] == ["val a", "val b", "val c"] and val[0][1] == (0, 0)
 
 
 def test_resume_continues_exactly(sharded):
     for world in (1, 2, 3):
         for r in range(world):
-            full = list(dataset.parquets_iter_batched("train", start=r, step=world))
+            full = list(shards.parquets_iter_batched("train", start=r, step=world))
             for m in range(len(full)):
-                rest = list(dataset.parquets_iter_batched("train", start=r, step=world, resume=full[m][1]))
+                rest = list(shards.parquets_iter_batched("train", start=r, step=world, resume=full[m][1]))
                 assert rest == full[m + 1:]
                 # positions survive a JSON round trip (lists instead of tuples)
-                rest2 = list(dataset.parquets_iter_batched("train", start=r, step=world, resume=list(full[m][1])))
+                rest2 = list(shards.parquets_iter_batched("train", start=r, step=world, resume=list(full[m][1])))
                 assert rest2 == rest
 
 
 def test_reading_errors(base_dir):
     data = base_dir / "base_data"
     with pytest.raises(UserError, match="no pretraining shards .*make data"):
-        next(dataset.parquets_iter_batched("train"))
+        next(shards.parquets_iter_batched("train"))
     write_shard(data / "shard_00000.parquet", ["a", "b"])
     with pytest.raises(UserError, match="only one shard"):
-        next(dataset.parquets_iter_batched("train"))
+        next(shards.parquets_iter_batched("train"))
     write_shard(data / "shard_01822.parquet", ["v"])
-    assert next(dataset.parquets_iter_batched("train"))[0] == ["a", "b"]
+    assert next(shards.parquets_iter_batched("train"))[0] == ["a", "b"]
     (data / "shard_00000.parquet").write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(UserError, match=r"shard_00000\.parquet is not a readable parquet.*delete it and rerun `make data`"):
-        next(dataset.parquets_iter_batched("train"))
+        next(shards.parquets_iter_batched("train"))
     pq.write_table(pa.table({"body": ["x"]}), data / "shard_00000.parquet")
     with pytest.raises(UserError, match="has no `text` column"):
-        next(dataset.parquets_iter_batched("train"))
+        next(shards.parquets_iter_batched("train"))
     pq.write_table(pa.table({"text": pa.array([], type=pa.string())}), data / "shard_00000.parquet")
     with pytest.raises(UserError, match="is empty"):
-        next(dataset.parquets_iter_batched("train"))
+        next(shards.parquets_iter_batched("train"))
     with pytest.raises(ValueError):
-        next(dataset.parquets_iter_batched("test"))
+        next(shards.parquets_iter_batched("test"))
     with pytest.raises(ValueError):
-        next(dataset.parquets_iter_batched("train", start=2, step=2))
+        next(shards.parquets_iter_batched("train", start=2, step=2))
 
 
 def test_split_documents_keeps_text_and_bounds():

@@ -14,8 +14,6 @@ _spec = importlib.util.spec_from_file_location("tiny_chat", FIX / "tiny_chat.py"
 tiny_chat = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny_chat)
 
-needs_model = pytest.mark.skipif(tiny_chat.modules_missing() is not None, reason=str(tiny_chat.modules_missing()))
-
 
 # ----------------------------------------------------------------------------- calculator
 
@@ -43,8 +41,6 @@ def test_calculator_refuses_everything_else(expr):
 
 @pytest.fixture(scope="module")
 def tok():
-    if tiny_chat.modules_missing():
-        pytest.skip(tiny_chat.modules_missing())
     return tiny_chat.train_tokenizer()
 
 
@@ -61,7 +57,6 @@ def _stops(tok):
     return {tok.encode_special("<|assistant_end|>"), tok.get_bos_token_id()}
 
 
-@needs_model
 def test_kv_cache_equals_full_recompute_greedy(model, tok):
     prompt = _prompt(tok)
     got = []
@@ -101,7 +96,6 @@ class Recorder(torch.nn.Module):
         return self.inner(idx, kv_cache=kv_cache)
 
 
-@needs_model
 def test_samples_share_one_prefill_and_are_seeded(model, tok):
     rec = Recorder(model)
     prompt = _prompt(tok)
@@ -123,7 +117,6 @@ def test_samples_share_one_prefill_and_are_seeded(model, tok):
     assert topk1[0] == topk1[1] == greedy[0]
 
 
-@needs_model
 def test_max_tokens_clamped_to_positions(tok):
     short = tiny_chat.tiny_model(tok.get_vocab_size(), sequence_len=4, seed=2)  # 40 positions
     prompt = _prompt(tok, "hi")
@@ -162,7 +155,6 @@ class ScriptedModel(torch.nn.Module):
         return logits
 
 
-@needs_model
 def test_tool_call_round_trip(tok):
     sp = tok.encode_special
     end = sp("<|assistant_end|>")
@@ -191,7 +183,6 @@ def test_tool_call_round_trip(tok):
     assert sp("<|output_start|>") not in toks2 and toks2[-1] == end
 
 
-@needs_model
 def test_rows_stop_independently(model, tok):
     sp = tok.encode_special
     end = sp("<|assistant_end|>")

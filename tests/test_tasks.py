@@ -287,7 +287,6 @@ def test_mixture_fails_cleanly_without_any_data(base_dir, monkeypatch, tmp_path)
 
 # ----------------------------------------------------------------------------- rendering (needs the tokenizer)
 
-@pytest.mark.skipif(tiny_chat.modules_missing() is not None, reason=str(tiny_chat.modules_missing()))
 def test_render_gsm8k_tool_parts(offline):
     tok = tiny_chat.train_tokenizer()
     conv = GSM8K("test")[0]
