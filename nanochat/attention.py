@@ -1,6 +1,7 @@
 """Attention kernels of the GPT model: the dispatcher `attention(...)` and its back ends.
 
-The model (nanochat.gpt) calls only `attention`, `inference_sdpa` and the eager preparation helpers
+The model (nanochat.gpt) calls `attention`, `inference_sdpa`, the static-cache decode pair
+(`cache_visibility`, `decode_attention`) and the eager preparation helpers
 (`cudnn_window_sdpa`, `uses_flex`, `_sliding_block_mask`); the training log and `make doctor` ask
 `describe_window_kernel`. Kept apart from the model so the kernel choices live in one place.
 
@@ -168,3 +169,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | N
         return F.scaled_dot_product_attention(q, k, v, **extra)  # one query sees every cached key
     mask = band_mask(Tq, Tk, q_offset, window, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **extra)
+
+
+def cache_visibility(key_positions: torch.Tensor, pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[1, 1, 1, L] bool mask for one query at position `pos` (a LongTensor [1], read on the device)
+    over a static cache of L keys at `key_positions` (arange(L)): the band_mask rule, key j visible
+    iff j <= pos and pos - j < window. Keys past pos (not yet written for this sequence) are hidden."""
+    visible = key_positions <= pos
+    if window is not None:
+        visible = visible & (pos - key_positions < window)
+    return visible.view(1, 1, 1, -1)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """One query per row over a whole static KV cache: q [B, H, 1, hd], k/v [B, Hkv, L, hd], `visible`
+    from cache_visibility. Same shapes at every step (the point: a CUDA graph can replay it); run inside
+    inference_sdpa(), so with the mask CUDA takes the memory-efficient kernel, CPU its flash kernel."""
+    extra = {"enable_gqa": True} if q.size(1) != k.size(1) else {}
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, **extra)

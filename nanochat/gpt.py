@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanochat.attention import (CompiledOutsideTrace, _sliding_block_mask, attention, cudnn_window_sdpa,
-                                inference_sdpa, uses_flex)
+from nanochat.attention import (CompiledOutsideTrace, _sliding_block_mask, attention, cache_visibility,
+                                cudnn_window_sdpa, decode_attention, inference_sdpa, uses_flex)
 
 SOFTCAP = 15.0
 ROPE_BASE = 10000.0
@@ -222,6 +222,61 @@ class KVCache:
         return new
 
 
+class StaticKVCache:
+    """Keys/values for decoding with fixed shapes (nanochat.decode replays its step as a CUDA graph).
+
+    k, v: [n_layer, B, n_kv_head, max_len, head_dim], allocated once in the given dtype (that of the
+    keys the model produces: bf16 under autocast). `pos` is a LongTensor [1] on the cache's device,
+    the position the next token is written at: GPT.decode_step reads it, writes every layer's keys
+    there with index_copy_, masks the keys after it (and those a window cuts off) and adds one to it,
+    all on the device, so no step reads anything back to the host and every step has the same shapes.
+    Positions past `pos` may hold stale keys of an earlier prompt or a discarded step: they are masked,
+    and overwritten before they are ever visible. Bounds are the caller's to check (the host knows the
+    position; reading `pos` would be a sync): nanochat.decode.StaticDecoder does.
+    """
+
+    def __init__(self, batch_size: int, max_len: int, n_layer: int, n_kv_head: int, head_dim: int,
+                 device, dtype: torch.dtype):
+        self.batch_size, self.max_len, self.n_layer = batch_size, max_len, n_layer
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.key_positions = torch.arange(max_len, device=device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k.dtype
+
+    def load_prefill(self, cache: KVCache) -> int:
+        """Copy a dynamic cache's stored positions (batch 1: into every row; else row for row) and set
+        pos after them. Returns that position."""
+        n = cache.pos
+        if n > self.max_len:
+            raise ValueError(f"static KV cache overflow: a prefill of {n} positions > max_len={self.max_len}")
+        if cache.batch_size not in (1, self.batch_size):
+            raise ValueError(f"a prefill of batch {cache.batch_size} cannot fill a cache of batch {self.batch_size}")
+        if n:
+            self.k[:, :, :, :n].copy_(cache.k[:, :, :, :n])
+            self.v[:, :, :, :n].copy_(cache.v[:, :, :, :n])
+        self.pos.fill_(n)
+        return n
+
+    def visible(self, window: int | None) -> torch.Tensor:
+        """[1, 1, 1, max_len] bool: the keys the token at `pos` may attend to in a layer with `window`."""
+        return cache_visibility(self.key_positions, self.pos, window)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, Hkv, 1, hd] at pos of `layer`; return that layer's whole [B, Hkv, max_len, hd]."""
+        k_layer, v_layer = self.k[layer], self.v[layer]
+        k_layer.index_copy_(2, self.pos, k.to(k_layer.dtype))
+        v_layer.index_copy_(2, self.pos, v.to(v_layer.dtype))
+        return k_layer, v_layer
+
+    def advance(self):
+        self.pos.add_(1)
+
+
 # ----------------------------------------------------------------------------- modules
 
 
@@ -237,7 +292,9 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(D, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(D, D, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache: KVCache | None = None):
+    def _qkv(self, x, cos, sin):
+        """x [B, T, D] -> q [B, H, T, hd], k, v [B, Hkv, T, hd], normed and rotated (one code path for
+        training, the dynamic cache and the static decode step, so they compute the same values)."""
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -249,7 +306,11 @@ class CausalSelfAttention(nn.Module):
         # autocast may leave the norm's output in fp32 while v is bf16: attention needs one dtype.
         q = apply_rotary(norm(q).to(v.dtype), cos, sin)
         k = apply_rotary(norm(k).to(v.dtype), cos, sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x, cos, sin, kv_cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q, k, v = self._qkv(x, cos, sin)
         if kv_cache is None:
             y = attention(q, k, v, window=self.window)
         else:
@@ -262,6 +323,15 @@ class CausalSelfAttention(nn.Module):
                           impl="sdpa_mask")
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.c_proj(y)
+
+    def decode_step(self, x, cos, sin, cache: StaticKVCache, visible: torch.Tensor):
+        """One new token per row (x [B, 1, D]) at cache.pos: store its keys there, attend over the
+        whole fixed-length cache with `visible` (this layer's window mask for that position)."""
+        B = x.size(0)
+        q, k, v = self._qkv(x, cos, sin)
+        k_all, v_all = cache.write(self.layer_idx, k, v)
+        y = decode_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), visible)
+        return self.c_proj(y.transpose(1, 2).reshape(B, 1, -1))
 
 
 class MLP(nn.Module):
@@ -282,6 +352,11 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, kv_cache=None):
         x = x + self.attn(norm(x), cos, sin, kv_cache)
+        x = x + self.mlp(norm(x))
+        return x
+
+    def decode_step(self, x, cos, sin, cache: StaticKVCache, visible: torch.Tensor):
+        x = x + self.attn.decode_step(norm(x), cos, sin, cache, visible)
         x = x + self.mlp(norm(x))
         return x
 
@@ -513,6 +588,30 @@ class GPT(nn.Module):
         cfg = self.config
         return KVCache(batch_size, max_len, cfg.n_layer, cfg.n_kv_head, cfg.head_dim,
                        device=self.wte.weight.device, dtype=dtype)
+
+    def make_static_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype) -> StaticKVCache:
+        if max_len > self.rotary_len:
+            raise ValueError(f"max_len={max_len} exceeds the rotary tables ({self.rotary_len} positions)")
+        cfg = self.config
+        return StaticKVCache(batch_size, max_len, cfg.n_layer, cfg.n_kv_head, cfg.head_dim,
+                             device=self.wte.weight.device, dtype=dtype)
+
+    def decode_step(self, idx: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """One token per row at the cache's position tensor: idx [B, 1] -> float32 logits [B, vocab];
+        writes the keys at cache.pos and advances it. The same arithmetic as forward() with a KVCache
+        (the same modules, rotary rows picked by index_select instead of a slice), but fixed shapes
+        and no host reads, so nanochat.decode can capture it as a CUDA graph."""
+        pos = cache.pos
+        cos, sin = self.cos.index_select(0, pos), self.sin.index_select(0, pos)
+        act_dtype = _activation_dtype(self.wte.weight)
+        x = norm(self.wte(idx)).to(act_dtype)
+        visible = {w: cache.visible(w) for w in set(self.config.layer_windows())}  # one mask per window
+        with inference_sdpa():
+            for block in self.blocks:
+                x = block.decode_step(x, cos, sin, cache, visible[block.attn.window])
+        cache.advance()
+        x = norm(x).to(act_dtype)
+        return softcap(self.lm_head(x).float())[:, -1]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 loss_reduction: str = "mean"):
