@@ -13,6 +13,9 @@ Attention back ends:
 - with a KV cache (inference, any device): SDPA over cache[:pos+T] with an explicit
   causal + window mask offset by pos (none where nothing is cut off), never through cuDNN's SDPA,
   window op or FlexAttention, which plan or compile per shape (inference_sdpa).
+- the static decode step (nanochat.decode, any device): one query per row over the whole
+  preallocated cache, with a mask built on the device from the position tensor (cache_visibility,
+  decode_attention), inside inference_sdpa; the same shapes at every step.
 """
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ The engine's loop around it (nanochat.engine.Engine) syncs once every `sync_ever
 Assumptions of the graph capture (checked where cheap, documented where not):
 - The parameters and rotary buffers keep their storage between capture and replay (in-place updates
   such as optimizer steps or load_state_dict are fine: the graph reads the current values). Each
-  call compares their data pointers with those at capture and recaptures when one moved (.to(),
-  to_empty()).
+  generation compares their data pointers with those at capture and recaptures when one moved (.to(),
+  to_empty()). The check runs once per generation (load_prefill), not per step.
 - Autocast is captured as it is at capture time, with autocast's weight-cast cache off (a cached
   bf16 copy made during warmup would be freed when the caller's autocast context exits, and the
   graph would read freed memory); decoders are keyed by the autocast state, so a caller without
@@ -29,6 +29,7 @@ Assumptions of the graph capture (checked where cheap, documented where not):
 """
 from __future__ import annotations
 
+import itertools
 import sys
 from collections import OrderedDict
 
@@ -110,7 +111,11 @@ class StaticDecoder:
     # -- state
 
     def load_prefill(self, kv_cache) -> None:
+        """Start a new sequence from a dynamic cache's prefill. Also the once-per-generation check that
+        the captured graph still reads the model's current storage (else it is captured again)."""
         self.position = self.cache.load_prefill(kv_cache)
+        if self.graph is not None and self._signature != _storage_signature(self.model):
+            self.graph, self.logits = None, None
 
     def rewind(self, position: int) -> None:
         if not 0 <= position <= self.position:
@@ -125,9 +130,8 @@ class StaticDecoder:
         if self.position >= self.max_len:
             raise ValueError(f"static KV cache overflow: position {self.position} >= max_len={self.max_len}")
         self.ids.copy_(ids.view(self.batch_size, 1))
-        if self.use_graph:
-            if self.graph is None or self._signature != _storage_signature(self.model):
-                self._capture()
+        if self.use_graph and self.graph is None:
+            self._capture()
         if self.graph is not None:
             self.graph.replay()
             out = self.logits
@@ -153,7 +157,8 @@ class StaticDecoder:
                     self.cache.pos.fill_(start)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with autocast, torch.cuda.graph(graph):
+            # thread_local: only this thread's unsafe calls break the capture (a loader thread may run)
+            with autocast, torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 logits = self.model.decode_step(self.ids, self.cache)
         except Exception as e:  # capture unsupported here: the same step, eagerly
             print(f"warning: CUDA graph capture of the decode step failed ({type(e).__name__}: {e}); "
@@ -175,6 +180,7 @@ class DecoderPool:
     def __init__(self, model, cuda_graph: bool = True):
         self.model, self.cuda_graph = model, cuda_graph
         self.decoders: OrderedDict[tuple, StaticDecoder] = OrderedDict()
+        self._serial = itertools.count()  # in the key: a busy decoder of the same shape may exist
 
     def get(self, batch_size: int, needed: int, dtype: torch.dtype, device: torch.device) -> StaticDecoder:
         state = _autocast_state(device)
@@ -184,7 +190,7 @@ class DecoderPool:
                 self.decoders.move_to_end(key)
                 return dec
         length = bucket_length(needed, getattr(self.model, "rotary_len", None))
-        key = (batch_size, dtype, state, length, id(object()))  # unique: a busy twin may exist
+        key = (batch_size, dtype, state, length, next(self._serial))
         dec = StaticDecoder(self.model, batch_size, length, dtype, cuda_graph=self.cuda_graph)
         self.decoders[key] = dec
         for old in [k for k, d in self.decoders.items() if not d.in_use][:max(0, len(self.decoders) - MAX_DECODERS)]:

@@ -5,7 +5,9 @@
         ...  # one token per sample per step; mask 1 = sampled by the model, 0 = forced (tool output)
     results, masks = engine.generate_batch(prompt_ids, num_samples=4, max_tokens=256)
 
-The prompt is prefilled ONCE with a batch-1 KV cache which is then expanded to `num_samples` rows.
+The prompt is prefilled ONCE with a batch-1 KV cache which is then expanded to `num_samples` rows
+(on CUDA by default into nanochat.decode's static cache, whose decode step replays as a CUDA graph;
+`Engine(..., decode="dynamic")` keeps the older growing-cache path: same columns, see Engine).
 A row stops at <|assistant_end|> or <|bos|> (that token is the last one yielded for the row; later
 columns repeat it with mask 0 until every row has stopped or max_tokens is reached).
 

@@ -24,6 +24,10 @@ step at d20, cold compile cache: 22-41 s (whole-model compile: 104-182 s).
 Training with torch.compile: GPT.compile_for_training compiles each block on its own (regional
 compilation: blocks with the same window share one graph, so compile time does not grow with depth);
 KV-cache inference always runs the plain modules (its Python-int cache position would recompile).
+
+Decoding: forward() with a KVCache (any length, a Python-int position: prefill, and the old decode
+path), or decode_step() over a StaticKVCache (one token per row at a position tensor, fixed shapes:
+the step nanochat.decode replays as a CUDA graph). Both run CausalSelfAttention._qkv.
 """
 from __future__ import annotations
 
