@@ -180,7 +180,7 @@ def collect() -> dict:
         except Exception:
             info["cudnn"] = None
         try:  # which kernel sliding-window layers get (cuDNN's needs the optional nvidia-cudnn-frontend)
-            from nanochat.gpt import describe_window_kernel
+            from nanochat.attention import describe_window_kernel
             info["window_kernel"] = describe_window_kernel(torch.device("cuda"))
         except Exception as exc:  # noqa: BLE001
             info["window_kernel"] = f"unknown ({type(exc).__name__}: {exc})"

@@ -5,7 +5,9 @@
         ...  # one token per sample per step; mask 1 = sampled by the model, 0 = forced (tool output)
     results, masks = engine.generate_batch(prompt_ids, num_samples=4, max_tokens=256)
 
-The prompt is prefilled ONCE with a batch-1 KV cache which is then expanded to `num_samples` rows.
+The prompt is prefilled ONCE with a batch-1 KV cache which is then expanded to `num_samples` rows
+(on CUDA by default into nanochat.decode's static cache, whose decode step replays as a CUDA graph;
+`Engine(..., decode="dynamic")` keeps the older growing-cache path: same columns, see Engine).
 A row stops at <|assistant_end|> or <|bos|> (that token is the last one yielded for the row; later
 columns repeat it with mask 0 until every row has stopped or max_tokens is reached).
 
@@ -154,10 +156,37 @@ class _Row:
 MAX_TOOL_TOKENS = 256
 
 
+DECODE_MODES = ("auto", "static", "dynamic")
+SYNC_EVERY = 16  # static decoding reads the sampled tokens back once per this many steps
+
+
 class Engine:
-    def __init__(self, model, tokenizer):
+    """Sampling with a KV cache and the calculator tool (module docstring).
+
+    decode: "static" = the fast path (nanochat.decode: a preallocated cache written at a position
+    tensor, one fixed-shape step, replayed as a CUDA graph on CUDA when `cuda_graph`, eager
+    elsewhere; one host sync per `sync_every` tokens); "dynamic" = the KVCache path (a growing slice,
+    one sync per token; also every model without decode_step); "auto" = static on CUDA for models
+    that have it, dynamic otherwise (on a CPU the static step gains nothing: no launches to save,
+    and it attends over the whole preallocated cache). Both give the same columns and masks for the
+    same seed (greedy: the same tokens; sampled: the same generator stream; logits agree to float
+    rounding: tests/test_decode.py)."""
+
+    def __init__(self, model, tokenizer, decode: str = "auto", cuda_graph: bool = True,
+                 sync_every: int = SYNC_EVERY):
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        if not isinstance(sync_every, int) or sync_every < 1:
+            raise ValueError(f"sync_every must be a positive integer, got {sync_every!r}")
+        has_step = callable(getattr(model, "decode_step", None)) and callable(getattr(model, "make_static_kv_cache", None))
+        if decode == "static" and not has_step:
+            raise ValueError(f"decode='static' needs a model with decode_step/make_static_kv_cache "
+                             f"({type(model).__name__} has none)")
         self.model = model
         self.tokenizer = tokenizer
+        self.decode, self.cuda_graph, self.sync_every = decode, cuda_graph, sync_every
+        self._has_static_step = has_step
+        self._pool = None  # nanochat.decode.DecoderPool, made on first static use
         sp = tokenizer.encode_special
         self.bos = tokenizer.get_bos_token_id()
         self.assistant_end = sp("<|assistant_end|>")
@@ -180,6 +209,13 @@ class Engine:
             return 10 * cfg.sequence_len
         return None
 
+    def uses_static(self, device: torch.device | None = None) -> bool:
+        """Will generate() take the static (fast) path for this model on `device`?"""
+        if self.decode == "dynamic" or not self._has_static_step:
+            return False
+        device = device if device is not None else self._device()
+        return self.decode == "static" or device.type == "cuda"
+
     def _tool_output(self, row: _Row) -> None:
         expr = self.tokenizer.decode(row.python_tokens)
         result = calculator(expr)
@@ -200,6 +236,25 @@ class Engine:
                 row.in_python, row.python_tokens = False, []
         if tok in (self.assistant_end, self.bos):
             row.done = True
+
+    def _column(self, rows: list[_Row], sampled: list[int]) -> tuple[list[int], list[int]]:
+        """The next column from the sampled ids: a stopped row repeats <|assistant_end|> (mask 0), a
+        row with forced tool output takes its next token (mask 0), the others their sample (mask 1);
+        every row's tool state advances."""
+        column, masks = [], []
+        for i, row in enumerate(rows):
+            if row.done:
+                column.append(self.assistant_end)
+                masks.append(0)
+                continue
+            if row.forced:
+                tok, m = row.forced.popleft(), 0
+            else:
+                tok, m = int(sampled[i]), 1
+            column.append(tok)
+            masks.append(m)
+            self._advance(row, tok)
+        return column, masks
 
     @torch.no_grad()
     def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
@@ -223,6 +278,13 @@ class Engine:
         device = self._device()
         rng = torch.Generator(device=device)
         rng.manual_seed(int(seed))
+        if self.uses_static(device):
+            yield from self._generate_static(tokens, num_samples, max_tokens, temperature, top_k, rng, device)
+        else:
+            yield from self._generate_dynamic(tokens, num_samples, max_tokens, temperature, top_k, rng, device)
+
+    def _generate_dynamic(self, tokens, num_samples, max_tokens, temperature, top_k, rng, device):
+        """The KVCache path: one forward per step over a growing cache slice, a host sync per token."""
         model = self.model
         use_cache = hasattr(model, "make_kv_cache")
         prompt = torch.tensor([tokens], dtype=torch.long, device=device)
@@ -240,19 +302,7 @@ class Engine:
         rows = [_Row() for _ in range(num_samples)]
         for step in range(max_tokens):
             sampled = sample_next(logits, rng, temperature, top_k).tolist()
-            column, masks = [], []
-            for i, row in enumerate(rows):
-                if row.done:
-                    column.append(self.assistant_end)
-                    masks.append(0)
-                    continue
-                if row.forced:
-                    tok, m = row.forced.popleft(), 0
-                else:
-                    tok, m = int(sampled[i]), 1
-                column.append(tok)
-                masks.append(m)
-                self._advance(row, tok)
+            column, masks = self._column(rows, sampled)
             yield column, masks
             if all(r.done for r in rows) or step + 1 == max_tokens:
                 break
@@ -262,6 +312,82 @@ class Engine:
             else:
                 seqs = torch.cat([seqs, ids], dim=1)
                 logits = model(seqs)[:, -1, :]
+
+    def _generate_static(self, tokens, num_samples, max_tokens, temperature, top_k, rng, device):
+        """The fast path: the same columns as _generate_dynamic, read back in chunks.
+
+        While no row has forced tool output pending, up to `sync_every` steps run back to back on the
+        device: each samples (sample_on_device: same tokens as sample_next), feeds a stopped row
+        <|assistant_end|> as the host would (a done flag kept on the device), and replays the step;
+        then the chunk's tokens come back in one read and the host runs the exact per-token rules
+        (_column) over them. A row whose <|python_end|> makes the calculator answer needs its forced
+        output fed from the next column on, which the device could not know: the steps after that
+        column are discarded (the cache position rewound, the generator restored to its state before
+        the first discarded draw, the column fed again) and decoding goes one synced step at a time
+        until every forced token is in. The other rows then draw the same tokens again, so the result
+        equals the dynamic path's; the price is at most sync_every - 1 wasted steps per tool call and
+        after the last row stops."""
+        from nanochat.decode import DecoderPool
+        model = self.model
+        prefill = model.make_kv_cache(1, len(tokens))
+        logits = model(torch.tensor([tokens], dtype=torch.long, device=device), kv_cache=prefill)[:, -1, :]
+        if self._pool is None:
+            self._pool = DecoderPool(model, cuda_graph=self.cuda_graph)
+        decoder = self._pool.get(num_samples, len(tokens) + max_tokens, prefill.k.dtype, device)
+        decoder.load_prefill(prefill)
+        del prefill
+        decoder.in_use = True
+        try:
+            yield from self._static_loop(decoder, len(tokens), logits.expand(num_samples, -1), num_samples,
+                                         max_tokens, temperature, top_k, rng, device)
+        finally:
+            decoder.in_use = False
+
+    def _static_loop(self, decoder, prompt_len, logits, n, max_tokens, temperature, top_k, rng, device):
+        from nanochat.decode import sample_on_device
+        rows = [_Row() for _ in range(n)]
+        stochastic = temperature > 0.0
+        emitted = 0  # columns yielded; column c is fed at position prompt_len + c
+
+        def host_done() -> torch.Tensor:
+            return torch.tensor([r.done for r in rows], dtype=torch.bool, device=device)
+
+        done = host_done()
+        while True:
+            if any(r.forced for r in rows):  # tool output goes in: one synced step, as the dynamic path
+                column, masks = self._column(rows, sample_on_device(logits, rng, temperature, top_k).tolist())
+                yield column, masks
+                emitted += 1
+                if all(r.done for r in rows) or emitted == max_tokens:
+                    return
+                done = host_done()
+                logits = decoder.step(torch.tensor(column, dtype=torch.long, device=device))
+                continue
+            states, drawn = [], []
+            for _ in range(min(self.sync_every, max_tokens - emitted)):
+                if stochastic:
+                    states.append(rng.get_state())  # host-side (seed, offset) on CUDA: no sync
+                tok = sample_on_device(logits, rng, temperature, top_k)
+                drawn.append(tok)
+                if emitted + len(drawn) == max_tokens:
+                    break  # the last column is never fed
+                fed = torch.where(done, self.assistant_end, tok)
+                done = done | (fed == self.assistant_end) | (fed == self.bos)
+                logits = decoder.step(fed)
+            chunk = torch.stack(drawn, dim=1).tolist()  # the chunk's one host sync
+            for j in range(len(drawn)):
+                column, masks = self._column(rows, [chunk[i][j] for i in range(n)])
+                yield column, masks
+                emitted += 1
+                if all(r.done for r in rows) or emitted == max_tokens:
+                    return
+                if any(r.forced for r in rows):  # steps j+1.. fed the wrong tokens: redo from column j
+                    decoder.rewind(prompt_len + emitted - 1)
+                    if stochastic and j + 1 < len(states):
+                        rng.set_state(states[j + 1])
+                    done = host_done()
+                    logits = decoder.step(torch.tensor(column, dtype=torch.long, device=device))
+                    break
 
     def generate_batch(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
                        temperature: float = 1.0, top_k: int | None = None, seed: int = 42):

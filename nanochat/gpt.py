@@ -12,14 +12,8 @@ Architecture (all choices made for speed of training at small scale):
 Window semantics: a layer with window w lets the query at position i see keys j with
 i - w < j <= i, i.e. w keys including itself ("L" = unlimited).
 
-Attention back ends:
-- CUDA, no KV cache: full causal -> SDPA(is_causal=True) (flash kernel); sliding window ->
-  cuDNN's sliding-window SDPA where the optional nvidia-cudnn-frontend is installed, else
-  FlexAttention with a block mask cached per (T, window, device); no T x T mask exists either way.
-- CPU/MPS, no KV cache: SDPA with an explicit boolean band mask (small sizes only).
-- with a KV cache (inference, any device): SDPA over cache[:pos+T] with an explicit
-  causal + window mask offset by pos (none where nothing is cut off), never through cuDNN's SDPA,
-  window op or FlexAttention, which plan or compile per shape (inference_sdpa).
+Attention back ends (FlexAttention, cuDNN's window kernel, band masks, the KV-cache SDPA
+context): nanochat.attention.
 
 Measured (torch 2.11, bf16 autocast, d20, device batch 32, 524,288 tokens per step,
 bench/RESULTS.md): on one H100, "SSSL" 168K tok/s (51.2% MFU) with cuDNN's window kernel, "L" 159K
@@ -30,6 +24,10 @@ step at d20, cold compile cache: 22-41 s (whole-model compile: 104-182 s).
 Training with torch.compile: GPT.compile_for_training compiles each block on its own (regional
 compilation: blocks with the same window share one graph, so compile time does not grow with depth);
 KV-cache inference always runs the plain modules (its Python-int cache position would recompile).
+
+Decoding: forward() with a KVCache (any length, a Python-int position: prefill, and the old decode
+path), or decode_step() over a StaticKVCache (one token per row at a position tensor, fixed shapes:
+the step nanochat.decode replays as a CUDA graph). Both run CausalSelfAttention._qkv.
 """
 from __future__ import annotations
 
@@ -40,14 +38,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-try:  # FlexAttention is only used on CUDA; guard so that CPU / older builds still import
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    HAS_FLEX = True
-except Exception:  # pragma: no cover - depends on the torch build
-    create_block_mask = flex_attention = None
-    HAS_FLEX = False
+from nanochat.attention import (CompiledOutsideTrace, _sliding_block_mask, attention, cache_visibility,
+                                cudnn_window_sdpa, decode_attention, inference_sdpa, uses_flex)
 
 SOFTCAP = 15.0
 ROPE_BASE = 10000.0
@@ -173,152 +166,6 @@ def rotary_tables(length: int, head_dim: int, device=None) -> tuple[torch.Tensor
     return freqs.cos(), freqs.sin()
 
 
-# ----------------------------------------------------------------------------- attention kernels
-
-_BLOCK_MASKS: dict = {}
-
-
-class CompiledOutsideTrace:
-    """Call `fn` through a torch.compile'd copy, made on the first eager call; inside a Dynamo trace
-    call `fn` itself (the outer compilation fuses it, and compiling while tracing would not work).
-    For kernels that are only fast compiled but are called from eager code under regional
-    compilation (FlexAttention, the loss chunk)."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.compiled = None
-
-    def __call__(self, *args, **kwargs):
-        if torch.compiler.is_compiling():
-            return self.fn(*args, **kwargs)
-        if self.compiled is None:
-            self.compiled = torch.compile(self.fn, dynamic=False)
-        return self.compiled(*args, **kwargs)
-
-
-def _sliding_block_mask(T: int, window: int, device):
-    """Cached FlexAttention block mask for causal attention limited to `window` keys.
-
-    Built eagerly (GPT.forward warms the cache before any compiled block runs): a mask first built
-    while Dynamo traces would be traced into the graph, and the cache fill would then change the
-    guards and force a second full compilation."""
-    key = (T, window, str(device))
-    bm = _BLOCK_MASKS.get(key)
-    if bm is None:
-        def band(b, h, q_idx, kv_idx):
-            return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
-        bm = create_block_mask(band, None, None, T, T, device=device)
-        _BLOCK_MASKS[key] = bm
-    return bm
-
-
-def uses_flex(window: int | None, T: int, device) -> bool:
-    """May a training (no KV cache) attention call with this window take the FlexAttention path?
-    (True also where window_backend will pick cuDNN for the actual tensors: a block mask built and
-    not used costs milliseconds once, one built inside a trace costs a recompilation.)"""
-    return window is not None and window < T and device.type == "cuda" and HAS_FLEX
-
-
-_CUDNN_WINDOW: list = []  # [the op or None] once looked up
-
-
-def cudnn_window_sdpa():
-    """cuDNN's own sliding-window attention (the torch op of NVIDIA's cudnn frontend, the optional
-    `nvidia-cudnn-frontend` package), or None where that package is not installed or does not load.
-    H100, d20 shape (B 32, H 10, T 2048, hd 128, window 1024), forward + backward: 2.72 ms against
-    FlexAttention's 3.22 ms (bench/window_attention.py). Looked up once, eagerly (GPT.forward does
-    it before any compiled block runs: an import inside a Dynamo trace would break the graph)."""
-    if not _CUDNN_WINDOW:
-        try:
-            from cudnn.sdpa.fwd.torch_op import sdpa
-        except Exception:  # not installed, or no loadable libcudnn: FlexAttention does the job
-            sdpa = None
-        _CUDNN_WINDOW.append(sdpa)
-    return _CUDNN_WINDOW[0]
-
-
-def window_backend(window: int, q: torch.Tensor, k: torch.Tensor) -> str:
-    """Kernel for a training attention call (no KV cache, Tq == Tk) whose window cuts keys off:
-    "cudnn" where cudnn_window_sdpa() exists and takes the tensors (CUDA, bf16/fp16, head_dim <= 128,
-    as many kv heads as query heads), else "flex" (CUDA with FlexAttention), else "sdpa_mask"."""
-    if q.device.type != "cuda":
-        return "sdpa_mask"
-    if (q.dtype in (torch.bfloat16, torch.float16) and q.size(-1) <= 128 and q.size(1) == k.size(1)
-            and cudnn_window_sdpa() is not None):
-        return "cudnn"
-    return "flex" if uses_flex(window, q.size(2), q.device) else "sdpa_mask"
-
-
-def describe_window_kernel(device) -> str:
-    """One line for the training log and `make doctor`: the kernel window_backend picks for bf16
-    window layers on `device` (asked with a tiny probe tensor, so the answer is the same decision)."""
-    probe = torch.empty(1, 1, 2, 128, dtype=torch.bfloat16, device=device)
-    kind = window_backend(1, probe, probe)
-    if kind == "cudnn":
-        return "cuDNN sliding-window SDPA (nvidia-cudnn-frontend)"
-    if kind == "flex":
-        return "FlexAttention (pip install nvidia-cudnn-frontend, or PY_EXTRAS=test,cudnn, for cuDNN's faster kernel)"
-    return "explicit-mask SDPA " + ("(no GPU)" if device.type != "cuda" else "(no FlexAttention in this torch build)")
-
-
-# flex_attention must run compiled to be fast (eager, it materialises all the scores)
-_flex_compiled = CompiledOutsideTrace(flex_attention) if HAS_FLEX else None
-
-
-def inference_sdpa():
-    """Context for KV-cache inference: SDPA may use every back end but cuDNN's. Each decode step
-    has a new key length, and cuDNN's SDPA builds an execution plan per new shape (tens to hundreds
-    of ms each, as public cuDNN reports measure), which fits the ~40 ms per decoded token the tiny
-    model showed on the H100 (bench/RESULTS.md). Flash / memory-efficient kernels need no plan."""
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-def band_mask(Tq: int, Tk: int, q_offset: int, window: int | None, device) -> torch.Tensor:
-    """Boolean [Tq, Tk] mask, True = may attend. Query i sits at absolute position q_offset + i,
-    key j at position j: allowed iff j <= q_offset + i and (q_offset + i) - j < window."""
-    qpos = torch.arange(q_offset, q_offset + Tq, device=device)[:, None]
-    kpos = torch.arange(Tk, device=device)[None, :]
-    mask = kpos <= qpos
-    if window is not None:
-        mask = mask & (qpos - kpos < window)
-    return mask
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None,
-              q_offset: int = 0, impl: str | None = None) -> torch.Tensor:
-    """Causal (optionally windowed) attention.
-
-    q [B, H, Tq, hd]; k, v [B, Hkv, Tk, hd] with Hkv | H (query head h uses kv head h // (H/Hkv)).
-    Query i is at absolute position q_offset + i; keys are at positions 0..Tk-1.
-    impl: None = choose by device and installed kernels (window_backend); "sdpa_mask", "flex" or
-    "cudnn" force one ("sdpa_mask": KV-cache inference and tests; the others: tests).
-    """
-    Tq, Tk = q.size(2), k.size(2)
-    gqa = q.size(1) != k.size(1)
-    extra = {"enable_gqa": True} if gqa else {}
-    full = window is None or window >= q_offset + Tq  # the window never cuts anything off
-    if q_offset == 0 and Tq == Tk:
-        # training / no-cache path (and a KV-cache prefill)
-        if full and impl in (None, "sdpa_mask"):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, **extra)
-        if impl is None:
-            impl = window_backend(window, q, k)
-        if impl == "cudnn":
-            # window_left=window is our band, `window` keys ending at the query's own (window - 1
-            # measured one key short against the masked reference: bench/window_attention.py, and
-            # tests/test_gpt.py on CUDA); the op's backward needs the forward's softmax statistics
-            return cudnn_window_sdpa()(q, k, v, is_causal=True, window_left=window, window_right=0,
-                                       return_lse=True)[0]
-        if impl == "flex":
-            bm = _sliding_block_mask(Tq, window if window is not None else Tq, q.device)
-            return _flex_compiled(q, k, v, block_mask=bm, enable_gqa=gqa)
-    # explicit mask: KV-cache inference, CPU windows, forced sdpa_mask
-    if Tq == 1 and full:
-        return F.scaled_dot_product_attention(q, k, v, **extra)  # one query sees every cached key
-    mask = band_mask(Tq, Tk, q_offset, window, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **extra)
-
-
 # ----------------------------------------------------------------------------- KV cache
 
 
@@ -379,6 +226,61 @@ class KVCache:
         return new
 
 
+class StaticKVCache:
+    """Keys/values for decoding with fixed shapes (nanochat.decode replays its step as a CUDA graph).
+
+    k, v: [n_layer, B, n_kv_head, max_len, head_dim], allocated once in the given dtype (that of the
+    keys the model produces: bf16 under autocast). `pos` is a LongTensor [1] on the cache's device,
+    the position the next token is written at: GPT.decode_step reads it, writes every layer's keys
+    there with index_copy_, masks the keys after it (and those a window cuts off) and adds one to it,
+    all on the device, so no step reads anything back to the host and every step has the same shapes.
+    Positions past `pos` may hold stale keys of an earlier prompt or a discarded step: they are masked,
+    and overwritten before they are ever visible. Bounds are the caller's to check (the host knows the
+    position; reading `pos` would be a sync): nanochat.decode.StaticDecoder does.
+    """
+
+    def __init__(self, batch_size: int, max_len: int, n_layer: int, n_kv_head: int, head_dim: int,
+                 device, dtype: torch.dtype):
+        self.batch_size, self.max_len, self.n_layer = batch_size, max_len, n_layer
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.key_positions = torch.arange(max_len, device=device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k.dtype
+
+    def load_prefill(self, cache: KVCache) -> int:
+        """Copy a dynamic cache's stored positions (batch 1: into every row; else row for row) and set
+        pos after them. Returns that position."""
+        n = cache.pos
+        if n > self.max_len:
+            raise ValueError(f"static KV cache overflow: a prefill of {n} positions > max_len={self.max_len}")
+        if cache.batch_size not in (1, self.batch_size):
+            raise ValueError(f"a prefill of batch {cache.batch_size} cannot fill a cache of batch {self.batch_size}")
+        if n:
+            self.k[:, :, :, :n].copy_(cache.k[:, :, :, :n])
+            self.v[:, :, :, :n].copy_(cache.v[:, :, :, :n])
+        self.pos.fill_(n)
+        return n
+
+    def visible(self, window: int | None) -> torch.Tensor:
+        """[1, 1, 1, max_len] bool: the keys the token at `pos` may attend to in a layer with `window`."""
+        return cache_visibility(self.key_positions, self.pos, window)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, Hkv, 1, hd] at pos of `layer`; return that layer's whole [B, Hkv, max_len, hd]."""
+        k_layer, v_layer = self.k[layer], self.v[layer]
+        k_layer.index_copy_(2, self.pos, k.to(k_layer.dtype))
+        v_layer.index_copy_(2, self.pos, v.to(v_layer.dtype))
+        return k_layer, v_layer
+
+    def advance(self):
+        self.pos.add_(1)
+
+
 # ----------------------------------------------------------------------------- modules
 
 
@@ -394,7 +296,9 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(D, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(D, D, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache: KVCache | None = None):
+    def _qkv(self, x, cos, sin):
+        """x [B, T, D] -> q [B, H, T, hd], k, v [B, Hkv, T, hd], normed and rotated (one code path for
+        training, the dynamic cache and the static decode step, so they compute the same values)."""
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
         k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
@@ -406,7 +310,11 @@ class CausalSelfAttention(nn.Module):
         # autocast may leave the norm's output in fp32 while v is bf16: attention needs one dtype.
         q = apply_rotary(norm(q).to(v.dtype), cos, sin)
         k = apply_rotary(norm(k).to(v.dtype), cos, sin)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, T, hd]
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x, cos, sin, kv_cache: KVCache | None = None):
+        B, T, _ = x.shape
+        q, k, v = self._qkv(x, cos, sin)
         if kv_cache is None:
             y = attention(q, k, v, window=self.window)
         else:
@@ -419,6 +327,15 @@ class CausalSelfAttention(nn.Module):
                           impl="sdpa_mask")
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.c_proj(y)
+
+    def decode_step(self, x, cos, sin, cache: StaticKVCache, visible: torch.Tensor):
+        """One new token per row (x [B, 1, D]) at cache.pos: store its keys there, attend over the
+        whole fixed-length cache with `visible` (this layer's window mask for that position)."""
+        B = x.size(0)
+        q, k, v = self._qkv(x, cos, sin)
+        k_all, v_all = cache.write(self.layer_idx, k, v)
+        y = decode_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), visible)
+        return self.c_proj(y.transpose(1, 2).reshape(B, 1, -1))
 
 
 class MLP(nn.Module):
@@ -439,6 +356,11 @@ class Block(nn.Module):
 
     def forward(self, x, cos, sin, kv_cache=None):
         x = x + self.attn(norm(x), cos, sin, kv_cache)
+        x = x + self.mlp(norm(x))
+        return x
+
+    def decode_step(self, x, cos, sin, cache: StaticKVCache, visible: torch.Tensor):
+        x = x + self.attn.decode_step(norm(x), cos, sin, cache, visible)
         x = x + self.mlp(norm(x))
         return x
 
@@ -670,6 +592,30 @@ class GPT(nn.Module):
         cfg = self.config
         return KVCache(batch_size, max_len, cfg.n_layer, cfg.n_kv_head, cfg.head_dim,
                        device=self.wte.weight.device, dtype=dtype)
+
+    def make_static_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype) -> StaticKVCache:
+        if max_len > self.rotary_len:
+            raise ValueError(f"max_len={max_len} exceeds the rotary tables ({self.rotary_len} positions)")
+        cfg = self.config
+        return StaticKVCache(batch_size, max_len, cfg.n_layer, cfg.n_kv_head, cfg.head_dim,
+                             device=self.wte.weight.device, dtype=dtype)
+
+    def decode_step(self, idx: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """One token per row at the cache's position tensor: idx [B, 1] -> float32 logits [B, vocab];
+        writes the keys at cache.pos and advances it. The same arithmetic as forward() with a KVCache
+        (the same modules, rotary rows picked by index_select instead of a slice), but fixed shapes
+        and no host reads, so nanochat.decode can capture it as a CUDA graph."""
+        pos = cache.pos
+        cos, sin = self.cos.index_select(0, pos), self.sin.index_select(0, pos)
+        act_dtype = _activation_dtype(self.wte.weight)
+        x = norm(self.wte(idx)).to(act_dtype)
+        visible = {w: cache.visible(w) for w in set(self.config.layer_windows())}  # one mask per window
+        with inference_sdpa():
+            for block in self.blocks:
+                x = block.decode_step(x, cos, sin, cache, visible[block.attn.window])
+        cache.advance()
+        x = norm(x).to(act_dtype)
+        return softcap(self.lm_head(x).float())[:, -1]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 loss_reduction: str = "mean"):

@@ -173,8 +173,9 @@ def main(argv=None) -> None:
 
 def run(ctx, args) -> None:
     from nanochat import checkpoint_manager as ckm
+    from nanochat.attention import describe_window_kernel
     from nanochat.dataloader import pretrain_loader
-    from nanochat.gpt import GPT, GPTConfig, describe_window_kernel
+    from nanochat.gpt import GPT, GPTConfig
     from nanochat.loss_eval import evaluate_loss_bpb
     from nanochat.optim import lr_multiplier, muon_momentum
     from nanochat.tokenizer import get_token_bytes, get_tokenizer

@@ -7,6 +7,7 @@ import warnings
 import pytest
 import torch
 
+import nanochat.attention as A
 import nanochat.gpt as G
 from nanochat.gpt import GPT, GPTConfig, KVCache
 
@@ -207,17 +208,17 @@ def test_attention_function_honours_window():
     k = torch.randn(B, Hkv, T, hd)
     v = torch.randn(B, Hkv, T, hd)
     for impl in (None, "sdpa_mask"):
-        base = G.attention(q, k, v, window=w, impl=impl)
+        base = A.attention(q, k, v, window=w, impl=impl)
         for j in (0, 10, 47):
             k2, v2 = k.clone(), v.clone()
             k2[:, :, j] += 1.0
             v2[:, :, j] += 1.0
-            out = G.attention(q, k2, v2, window=w, impl=impl)
+            out = A.attention(q, k2, v2, window=w, impl=impl)
             changed = (out - base).abs().amax(dim=(0, 1, 3)) > 1e-6
             expected = torch.tensor([j <= i < j + w for i in range(T)])
             assert torch.equal(changed, expected), (impl, j)
     # full window == plain causal attention
-    full = G.attention(q, k, v, window=None)
+    full = A.attention(q, k, v, window=None)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
                                                            is_causal=True)
     torch.testing.assert_close(full, ref)
@@ -227,22 +228,22 @@ def test_flex_block_mask_semantics_match_band_mask():
     """The FlexAttention block mask (the CUDA path) encodes the same band as the explicit mask.
     Runs flex_attention's eager reference implementation on CPU; the compiled kernel itself is only
     exercised on a GPU."""
-    if not G.HAS_FLEX:
+    if not A.HAS_FLEX:
         pytest.skip("no FlexAttention in this torch build")
     torch.manual_seed(0)
     q, k, v = torch.randn(1, 4, 200, 8), torch.randn(1, 2, 200, 8), torch.randn(1, 2, 200, 8)
-    bm = G._sliding_block_mask(200, 37, "cpu")
-    assert G._sliding_block_mask(200, 37, "cpu") is bm  # cached
+    bm = A._sliding_block_mask(200, 37, "cpu")
+    assert A._sliding_block_mask(200, 37, "cpu") is bm  # cached
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = G.flex_attention(q, k, v, block_mask=bm, enable_gqa=True)
-    ref = G.attention(q, k, v, window=37, impl="sdpa_mask")
+        out = A.flex_attention(q, k, v, block_mask=bm, enable_gqa=True)
+    ref = A.attention(q, k, v, window=37, impl="sdpa_mask")
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_window_backend_without_cuda_is_the_explicit_mask():
     q = k = torch.randn(1, 2, 64, 16, dtype=torch.bfloat16)
-    assert G.window_backend(16, q, k) == "sdpa_mask"
+    assert A.window_backend(16, q, k) == "sdpa_mask"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN's window kernel needs CUDA")
@@ -251,18 +252,18 @@ def test_cudnn_window_matches_the_band_in_value_and_gradient(T):
     """Where nvidia-cudnn-frontend is installed, window layers run cuDNN's sliding-window kernel; it
     must give exactly our band (window keys ending at the query's own), forward and backward, also
     for a length that is not a multiple of the kernel's tiles."""
-    if G.cudnn_window_sdpa() is None:
+    if A.cudnn_window_sdpa() is None:
         pytest.skip("nvidia-cudnn-frontend is not installed")
     torch.manual_seed(0)
     B, H, D, W = 2, 4, 64, 100
     q, k, v = (torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_(True)
                for _ in range(3))
-    assert G.window_backend(W, q, k) == "cudnn"
-    out = G.attention(q, k, v, window=W)
+    assert A.window_backend(W, q, k) == "cudnn"
+    out = A.attention(q, k, v, window=W)
     go = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), go)
     q32, k32, v32 = (t.detach().float().requires_grad_(True) for t in (q, k, v))
-    ref = G.attention(q32, k32, v32, window=W, impl="sdpa_mask")
+    ref = A.attention(q32, k32, v32, window=W, impl="sdpa_mask")
     ref_grads = torch.autograd.grad(ref, (q32, k32, v32), go.float())
     for got, want in zip((out, *grads), (ref, *ref_grads)):
         assert ((got.float() - want).norm() / want.norm()).item() < 0.01
@@ -374,8 +375,8 @@ def test_kv_cache_inference_avoids_per_shape_kernels(monkeypatch):
         raise AssertionError("a per-shape kernel was chosen for KV-cache inference")
 
     monkeypatch.setattr(G.F, "scaled_dot_product_attention", spy)
-    monkeypatch.setattr(G, "window_backend", lambda *a: "flex")  # what a CUDA training call would pick
-    monkeypatch.setattr(G, "_flex_compiled", must_not_run)
+    monkeypatch.setattr(A, "window_backend", lambda *a: "flex")  # what a CUDA training call would pick
+    monkeypatch.setattr(A, "_flex_compiled", must_not_run)
     idx = torch.randint(0, 256, (1, 20))
     cache = model.make_kv_cache(batch_size=1, max_len=24)
     model(idx, kv_cache=cache)                               # prefill: T 20 > window 6
