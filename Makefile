@@ -120,7 +120,7 @@ ifeq ($(PRESET),tiny)
   RL_EXAMPLES_PER_STEP ?= 2
   RL_SAMPLES ?= 4
   RL_MAX_NEW_TOKENS ?= 48
-  RL_EVAL_EXAMPLES ?= 4
+  RL_EVAL_EXAMPLES ?= 2
 else ifeq ($(PRESET),speedrun)
   # nanochat's d20 "$100" recipe on one 8xH100 node (any NPROC works: grad accumulation)
   DATA_SOURCE ?= auto

@@ -308,8 +308,8 @@ def run(ctx, args) -> None:
     from nanochat.engine import Engine
     from nanochat.optim import lr_multiplier
 
-    tasks = load_tasks()
     ft = tr.prepare_finetune(ctx, args, source=args.source, out_stage="rl", compile_dynamic=True)
+    tasks = load_tasks()  # (after the checkpoint: a missing SFT model fails before any data is fetched)
     model, tokenizer = ft.model, ft.tokenizer
     engine = Engine(model, tokenizer)
     pad_id = tokenizer.encode_special("<|assistant_end|>")
