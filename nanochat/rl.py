@@ -181,22 +181,22 @@ class Group:
     gen_lengths: list
 
 
-def sample_completions(engine, prompt: list[int], num_samples: int, max_new_tokens: int, temperature: float,
+def sample_completions(engine, tokenizer, prompt: list[int], num_samples: int, max_new_tokens: int, temperature: float,
                        top_k: int | None, seed: int) -> tuple[list[list[int]], list[list[int]]]:
     """(rows, masks): prompt + generated tokens per sample. Unlike Engine.generate_batch the stop token
     (<|assistant_end|> or <|bos|>) is kept: ending the answer is a sampled decision to train on too."""
-    stops = {engine.assistant_end, engine.bos}
+    stops = {tokenizer.encode_special("<|assistant_end|>"), tokenizer.get_bos_token_id()}
     rows = [list(prompt) for _ in range(num_samples)]
     masks = [[0] * len(prompt) for _ in range(num_samples)]
     done = [False] * num_samples
     for column, mcol in engine.generate(prompt, num_samples=num_samples, max_tokens=max_new_tokens,
                                         temperature=temperature, top_k=top_k, seed=seed):
-        for i, (tok, m) in enumerate(zip(column, mcol)):
+        for i, (t, m) in enumerate(zip(column, mcol)):
             if done[i]:
                 continue
-            rows[i].append(tok)
+            rows[i].append(t)
             masks[i].append(m)
-            if tok in stops:
+            if t in stops:
                 done[i] = True
     return rows, masks
 
@@ -210,7 +210,7 @@ def rollout(ctx, engine, tokenizer, task, index: int, num_samples: int, max_new_
     conv = task[index]
     prompt = tokenizer.render_for_completion(conv)
     with ctx.autocast():
-        rows, masks = sample_completions(engine, prompt, num_samples, max_new_tokens, temperature, top_k, seed)
+        rows, masks = sample_completions(engine, tokenizer, prompt, num_samples, max_new_tokens, temperature, top_k, seed)
     rewards = [float(task.reward(conv, completion_text(tokenizer, r, len(prompt)))) for r in rows]
     return Group(rows, masks, rewards, [len(r) - len(prompt) for r in rows])
 
