@@ -1,4 +1,4 @@
-# nanochat pipeline: data -> tokenizer -> pretrain -> midtrain -> sft -> report
+# nanochat pipeline: data -> tokenizer -> pretrain -> midtrain -> sft (-> rl with RL=1) -> report
 #
 # Every stage is a FILE target: a stamp in $(STAMPS) written last, only when the stage succeeded,
 # whose CONTENT is the stage's semantic parameters plus the ids of the upstream stamps it was built
@@ -116,6 +116,11 @@ ifeq ($(PRESET),tiny)
   CHAT_EVAL_MAX ?= 20
   CHAT_MAX_NEW_TOKENS ?= 96
   MID_EVAL_TOKENS ?= 32768
+  RL_ITERATIONS ?= 4
+  RL_EXAMPLES_PER_STEP ?= 2
+  RL_SAMPLES ?= 4
+  RL_MAX_NEW_TOKENS ?= 48
+  RL_EVAL_EXAMPLES ?= 2
 else ifeq ($(PRESET),speedrun)
   # nanochat's d20 "$100" recipe on one 8xH100 node (any NPROC works: grad accumulation)
   DATA_SOURCE ?= auto
@@ -172,6 +177,16 @@ SFT_EVAL_STEPS ?= 100
 MID_EVAL_TOKENS ?= 10485760
 CHAT_EVAL_MAX ?= -1
 CHAT_MAX_NEW_TOKENS ?= 512
+# the optional RL stage on GSM8K (`make rl`; RL=1 puts it into speedrun, before the report)
+RL ?= 0
+RL_EPOCHS ?= 1
+RL_ITERATIONS ?= -1
+RL_EXAMPLES_PER_STEP ?= 16
+RL_SAMPLES ?= 16
+RL_LR_FRAC ?= 0.05
+RL_MAX_NEW_TOKENS ?= 256
+RL_TEMPERATURE ?= 1.0
+RL_EVAL_EXAMPLES ?= 400
 MODEL_TAG ?= d$(DEPTH)
 # execution-only knobs: never make a stage stale
 WANDB_RUN ?= dummy
@@ -181,12 +196,14 @@ CONFIRM ?=
 TRIALS ?= 50
 SEED ?= 0
 SFT_DEVICE_BATCH_SIZE ?= 4
+RL_DEVICE_BATCH_SIZE ?= 8
 # free-form per-stage flags (semantic: they are recorded in the stamps)
 DATA_ARGS ?=
 TOK_ARGS ?=
 BASE_ARGS ?=
 MID_ARGS ?=
 SFT_ARGS ?=
+RL_ARGS ?=
 # TRACK_CODE=1: a stage also goes stale when the CONTENT of its code changes (off by default:
 # an edit to an eval helper should not silently retrain a 4-hour model)
 TRACK_CODE ?= 0
@@ -206,11 +223,13 @@ check_number = $(if $(call is_number,$($(1))),,$(error $(1)=$($(1)) must be a nu
 check_noquote = $(if $(findstring ',$($(1))),$(error $(1) must not contain a single quote))
 
 ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
-$(foreach v,NPROC NNODES DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE MID_EVAL_TOKENS SFT_EPOCHS SFT_DEVICE_BATCH_SIZE SFT_TARGET_EXAMPLES SFT_EVAL_STEPS CHAT_MAX_NEW_TOKENS,$(call check_posint,$(v),4))
-$(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK,$(call check_int,$(v)))
-$(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC,$(call check_number,$(v),0.02))
-$(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS WANDB_RUN MODEL_TAG NANOCHAT_BASE_DIR,$(call check_noquote,$(v)))
+$(foreach v,NPROC NNODES DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE MID_EVAL_TOKENS SFT_EPOCHS SFT_DEVICE_BATCH_SIZE SFT_TARGET_EXAMPLES SFT_EVAL_STEPS CHAT_MAX_NEW_TOKENS RL_EPOCHS RL_EXAMPLES_PER_STEP RL_SAMPLES RL_MAX_NEW_TOKENS RL_EVAL_EXAMPLES RL_DEVICE_BATCH_SIZE,$(call check_posint,$(v),4))
+$(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK RL_ITERATIONS,$(call check_int,$(v)))
+$(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC RL_LR_FRAC RL_TEMPERATURE,$(call check_number,$(v),0.02))
+$(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS RL_ARGS WANDB_RUN MODEL_TAG NANOCHAT_BASE_DIR,$(call check_noquote,$(v)))
 $(if $(filter 0 1,$(FP8)),,$(error FP8=$(FP8) must be 0 or 1))
+$(if $(filter 0 1,$(RL)),,$(error RL=$(RL) must be 0 or 1 (1 = speedrun also runs the rl stage)))
+$(if $(filter 1,$(RL_SAMPLES)),$(error RL_SAMPLES=1 gives every sample the group's own reward (no learning signal): use RL_SAMPLES>=2))
 $(if $(filter cpu cuda mps,$(DEVICE_TYPE)),,$(error DEVICE_TYPE=$(DEVICE_TYPE) must be cpu, cuda or mps))
 $(if $(filter L S,$(subst S,S ,$(subst L,L ,$(WINDOW_PATTERN)))),,$(error WINDOW_PATTERN=$(WINDOW_PATTERN) must be letters S and L, e.g. SSSL))
 $(if $(strip $(subst S,,$(subst L,,$(WINDOW_PATTERN)))),$(error WINDOW_PATTERN=$(WINDOW_PATTERN) must be letters S and L, e.g. SSSL))
@@ -227,6 +246,10 @@ rem = $(shell echo $$(( $(1) % ($(2)) )))
 $(if $(filter 0,$(call rem,$(TOTAL_BATCH_SIZE),$(DEVICE_BATCH_SIZE)*$(MAX_SEQ_LEN)*$(NPROC)*$(NNODES))),,$(error TOTAL_BATCH_SIZE=$(TOTAL_BATCH_SIZE) is not a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN x NPROC x NNODES = $(DEVICE_BATCH_SIZE) x $(MAX_SEQ_LEN) x $(NPROC) x $(NNODES): change one of them))
 $(if $(filter 0,$(call rem,$(MID_TOTAL_BATCH_SIZE),$(DEVICE_BATCH_SIZE)*$(MAX_SEQ_LEN)*$(NPROC)*$(NNODES))),,$(error MID_TOTAL_BATCH_SIZE=$(MID_TOTAL_BATCH_SIZE) is not a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN x NPROC x NNODES = $(DEVICE_BATCH_SIZE) x $(MAX_SEQ_LEN) x $(NPROC) x $(NNODES): change one of them))
 $(if $(filter 0,$(call rem,$(SFT_TARGET_EXAMPLES),$(SFT_DEVICE_BATCH_SIZE)*$(NPROC)*$(NNODES))),,$(error SFT_TARGET_EXAMPLES=$(SFT_TARGET_EXAMPLES) is not a multiple of SFT_DEVICE_BATCH_SIZE x NPROC x NNODES = $(SFT_DEVICE_BATCH_SIZE) x $(NPROC) x $(NNODES): change one of them))
+# (only where rl can run: a process count that does not divide it must not block the other stages)
+ifneq ($(or $(filter 1,$(RL)),$(filter rl redo-rl,$(MAKECMDGOALS))),)
+$(if $(filter 0,$(call rem,$(RL_EXAMPLES_PER_STEP),$(NPROC)*$(NNODES))),,$(error RL_EXAMPLES_PER_STEP=$(RL_EXAMPLES_PER_STEP) is not a multiple of NPROC x NNODES = $(NPROC) x $(NNODES): change one of them))
+endif
 # the base dir (or the nearest existing parent) must be writable; checked read-only
 BASE_PROBE := $(shell d='$(B)'; while [ ! -e "$$d" ] && [ "$$d" != / ]; do d=$$(dirname "$$d"); done; [ -d "$$d" ] && [ -w "$$d" ] && echo ok)
 ifneq ($(BASE_PROBE),ok)
@@ -245,14 +268,18 @@ tokenizer_params := vocab=$(VOCAB_SIZE);max_chars=$(TOK_MAX_CHARS);doc_cap=$(TOK
 pretrain_params  := depth=$(DEPTH);aspect=$(ASPECT_RATIO);head_dim=$(HEAD_DIM);seq=$(MAX_SEQ_LEN);window=$(WINDOW_PATTERN);total_batch=$(TOTAL_BATCH_SIZE);iters=$(NUM_ITERATIONS);ratio=$(TARGET_PARAM_DATA_RATIO);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);lr_scalar=$(SCALAR_LR);wd=$(WEIGHT_DECAY);warmup=$(WARMUP_RATIO);warmdown=$(WARMDOWN_RATIO);final_lr=$(FINAL_LR_FRAC);fp8=$(FP8);eval_tokens=$(EVAL_TOKENS);core_max=$(CORE_MAX_PER_TASK);tag=$(MODEL_TAG);args=$(BASE_ARGS)$(call code_hash,nanochat/gpt.py nanochat/fp8.py nanochat/optim.py nanochat/dataloader.py nanochat/training.py scripts/base_train.py)
 midtrain_params  := iters=$(MID_ITERATIONS);total_batch=$(MID_TOTAL_BATCH_SIZE);seq=$(MAX_SEQ_LEN);init_lr=$(MID_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_tokens=$(MID_EVAL_TOKENS);eval_max=$(CHAT_EVAL_MAX);max_new=$(CHAT_MAX_NEW_TOKENS);args=$(MID_ARGS)$(call code_hash,nanochat/training.py scripts/mid_train.py)
 sft_params       := epochs=$(SFT_EPOCHS);iters=$(SFT_ITERATIONS);examples_per_step=$(SFT_TARGET_EXAMPLES);init_lr=$(SFT_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_steps=$(SFT_EVAL_STEPS);eval_max=$(CHAT_EVAL_MAX);max_new=$(CHAT_MAX_NEW_TOKENS);args=$(SFT_ARGS)$(call code_hash,nanochat/training.py scripts/chat_sft.py)
+rl_params        := epochs=$(RL_EPOCHS);iters=$(RL_ITERATIONS);examples_per_step=$(RL_EXAMPLES_PER_STEP);samples=$(RL_SAMPLES);init_lr=$(RL_LR_FRAC);rl_max_new=$(RL_MAX_NEW_TOKENS);temperature=$(RL_TEMPERATURE);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_examples=$(RL_EVAL_EXAMPLES);eval_max=$(CHAT_EVAL_MAX);max_new=$(CHAT_MAX_NEW_TOKENS);args=$(RL_ARGS)$(call code_hash,nanochat/training.py nanochat/rl.py scripts/chat_rl.py)
 
-# the DAG, in one place: the rules below and `make dag`/`make status` all read these lists
-STAGES        := data tokenizer pretrain midtrain sft
+# the DAG, in one place: the rules below and `make dag`/`make status` all read these lists.
+# rl is optional: always buildable (`make rl`, `redo-rl`), in STAGES (speedrun, report, status, dag) only with RL=1
+ALL_STAGES    := data tokenizer pretrain midtrain sft rl
+STAGES        := data tokenizer pretrain midtrain sft $(if $(filter 1,$(RL)),rl)
 data_deps     :=
 tokenizer_deps := data
 pretrain_deps := data tokenizer
 midtrain_deps := pretrain
 sft_deps      := midtrain
+rl_deps       := sft
 report_deps   := $(STAGES)
 report_params :=
 stamp = $(STAMPS)/$(1).done
@@ -260,7 +287,7 @@ deps_of = $(foreach d,$($(1)_deps),$(call stamp,$(d)))
 
 # `make redo-<stage>` forces that stage (and everything after it)
 REDO := $(patsubst redo-%,%,$(filter redo-%,$(MAKECMDGOALS)))
-$(foreach s,$(REDO),$(if $(filter $(s),$(STAGES)),,$(error redo-$(s): unknown stage; stages are: $(STAGES))))
+$(foreach s,$(REDO),$(if $(filter $(s),$(ALL_STAGES)),,$(error redo-$(s): unknown stage; stages are: $(ALL_STAGES))))
 
 # Staleness is decided on stamp CONTENT, never on mtimes (a touch, a checkout or a clock step must
 # neither trigger nor hide a rerun). A stamp reads  <params>|after=<dep>@<id>,...|id=<id>:  the
@@ -299,8 +326,8 @@ endef
 step_of = $$(cat $(STAMPS)/$(1).step)
 
 # ============================================================================ user verbs
-.PHONY: help speedrun data tokenizer pretrain midtrain sft report chat status dag clean \
-        clean-checkpoints distclean test soak doctor $(addprefix redo-,$(STAGES)) FORCE
+.PHONY: help speedrun data tokenizer pretrain midtrain sft rl report chat status dag clean \
+        clean-checkpoints distclean test soak doctor $(addprefix redo-,$(ALL_STAGES)) FORCE
 
 help: ## show verbs and variables (default goal)
 	@echo "nanochat pipeline -- usage: make <verb> [VAR=value ...]"
@@ -313,22 +340,26 @@ help: ## show verbs and variables (default goal)
 	   WINDOW_PATTERN TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE NUM_ITERATIONS TARGET_PARAM_DATA_RATIO EMBEDDING_LR \
 	   UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC FP8 EVAL_TOKENS \
 	   CORE_MAX_PER_TASK MID_ITERATIONS MID_TOTAL_BATCH_SIZE MID_INIT_LR_FRAC SFT_EPOCHS SFT_ITERATIONS \
-	   SFT_INIT_LR_FRAC SFT_TARGET_EXAMPLES SFT_DEVICE_BATCH_SIZE SFT_EVAL_STEPS MID_EVAL_TOKENS CHAT_EVAL_MAX CHAT_MAX_NEW_TOKENS MODEL_TAG WANDB_RUN DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS TRACK_CODE \
+	   SFT_INIT_LR_FRAC SFT_TARGET_EXAMPLES SFT_DEVICE_BATCH_SIZE SFT_EVAL_STEPS MID_EVAL_TOKENS CHAT_EVAL_MAX CHAT_MAX_NEW_TOKENS \
+	   RL RL_EPOCHS RL_ITERATIONS RL_EXAMPLES_PER_STEP RL_SAMPLES RL_LR_FRAC RL_MAX_NEW_TOKENS RL_TEMPERATURE RL_EVAL_EXAMPLES \
+	   RL_DEVICE_BATCH_SIZE MODEL_TAG WANDB_RUN DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS RL_ARGS TRACK_CODE \
 	   TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
 	@echo
 	@echo "Semantic variables make their stage (and what follows) stale; NPROC, DEVICE_BATCH_SIZE,"
-	@echo "DEVICE_TYPE and WANDB_RUN never do. See README.md, 'The pipeline'."
+	@echo "SFT_DEVICE_BATCH_SIZE, RL_DEVICE_BATCH_SIZE, DEVICE_TYPE and WANDB_RUN never do. See README.md, 'The pipeline'."
 
-speedrun: $(REPORT) ## run every stage that is stale: data, tokenizer, pretrain, midtrain, sft, report
+speedrun: $(REPORT) ## run every stage that is stale: data, tokenizer, pretrain, midtrain, sft, (rl if RL=1,) report
 data: $(call stamp,data) ## download (or build the embedded) pretraining shards
 tokenizer: $(call stamp,tokenizer) ## train + evaluate the BPE tokenizer
 pretrain: $(call stamp,pretrain) ## base model: train, bits-per-byte, CORE eval
 midtrain: $(call stamp,midtrain) ## midtraining + chat eval (mid)
 sft: $(call stamp,sft) ## chat SFT + chat eval (sft)
+rl: $(call stamp,rl) ## optional: RL on GSM8K from the SFT model + chat eval (rl); RL=1 adds it to speedrun
 report: $(REPORT) ## assemble report.md from the stage sections
-redo-%: ## force stage % (data, tokenizer, pretrain, midtrain, sft) and everything after it
-$(addprefix redo-,$(STAGES)): $(REPORT)
+redo-%: ## force stage % (data, tokenizer, pretrain, midtrain, sft, rl) and everything after it
+$(addprefix redo-,$(ALL_STAGES)): $(REPORT)
 	@:
+redo-rl: $(call stamp,rl)
 
 status: ## each stage: up to date, or stale and why (never writes anything)
 	@$(SYSTEM_PYTHON) -m nanochat.pipeline status --stamps $(call q,$(STAMPS)) --output $(call q,report=$(REPORT)) \
@@ -354,10 +385,10 @@ clean: ## delete the report and all stamps (outputs stay: reruns resume/skip che
 	@echo "deleting $(B)/report and $(STAMPS)"
 	rm -rf -- '$(B)/report' '$(STAMPS)'
 
-clean-checkpoints: ## delete model checkpoints (base, mid, sft) and their stamps
-	@echo "deleting checkpoints under $(B) and the pretrain/midtrain/sft stamps"
-	rm -rf -- '$(B)/base_checkpoints' '$(B)/mid_checkpoints' '$(B)/chatsft_checkpoints'
-	rm -f -- $(foreach s,pretrain midtrain sft,'$(call stamp,$(s))' '$(STAMPS)/$(s).step')
+clean-checkpoints: ## delete model checkpoints (base, mid, sft, rl) and their stamps
+	@echo "deleting checkpoints under $(B) and the pretrain/midtrain/sft/rl stamps"
+	rm -rf -- '$(B)/base_checkpoints' '$(B)/mid_checkpoints' '$(B)/chatsft_checkpoints' '$(B)/chatrl_checkpoints'
+	rm -f -- $(foreach s,pretrain midtrain sft rl,'$(call stamp,$(s))' '$(STAMPS)/$(s).step')
 
 distclean: ## delete EVERYTHING under NANOCHAT_BASE_DIR and .venv (needs CONFIRM=yes)
 	@echo "this deletes $(B) (data, tokenizer, checkpoints, report) and $(VENV)"
@@ -418,6 +449,18 @@ $(call stamp,sft): $(call stale,sft) | $(call deps_of,sft) $(VENV_DEP)
 	  --init-lr-frac=$(SFT_INIT_LR_FRAC) --resume=$(call resume_mode,sft) --record-output=$(STAMPS)/sft.step $(SFT_ARGS)
 	$(RUN_DIST) -m scripts.chat_eval -- --device-type=$(DEVICE_TYPE) -i sft -g $(MODEL_TAG) -s $(call step_of,sft) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
 	$(call finish,sft)
+
+$(call stamp,rl): $(call stale,rl) | $(call deps_of,rl) $(VENV_DEP)
+	$(call take_lock,rl)
+	rm -f $@ $(STAMPS)/rl.step
+	$(RUN_DIST) -m scripts.chat_rl -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --source=sft \
+	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,sft) --num-epochs=$(RL_EPOCHS) \
+	  --num-iterations=$(RL_ITERATIONS) --examples-per-step=$(RL_EXAMPLES_PER_STEP) --num-samples=$(RL_SAMPLES) \
+	  --max-new-tokens=$(RL_MAX_NEW_TOKENS) --temperature=$(RL_TEMPERATURE) --device-batch-size=$(RL_DEVICE_BATCH_SIZE) \
+	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
+	  --init-lr-frac=$(RL_LR_FRAC) --eval-examples=$(RL_EVAL_EXAMPLES) --resume=$(call resume_mode,rl) --record-output=$(STAMPS)/rl.step $(RL_ARGS)
+	$(RUN_DIST) -m scripts.chat_eval -- --device-type=$(DEVICE_TYPE) -i rl -g $(MODEL_TAG) -s $(call step_of,rl) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
+	$(call finish,rl)
 
 # the report: rebuilt when it is missing or any stage was rebuilt since (its stamp records their ids)
 $(REPORT): $(call stale,report) | $(call deps_of,report) $(VENV_DEP)

@@ -28,9 +28,10 @@ import torch
 
 from nanochat.common import UserError, atomic_torch_save, atomic_write_text, get_base_dir, print0
 
-SOURCES = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints"}
-_ALIASES = {"chatsft": "sft", "midtrain": "mid", "pretrain": "base"}
-_STAGE_HINT = {"base": "make pretrain", "mid": "make midtrain", "sft": "make sft"}
+SOURCES = {"base": "base_checkpoints", "mid": "mid_checkpoints", "sft": "chatsft_checkpoints",
+           "rl": "chatrl_checkpoints"}
+_ALIASES = {"chatsft": "sft", "midtrain": "mid", "pretrain": "base", "chatrl": "rl"}
+_STAGE_HINT = {"base": "make pretrain", "mid": "make midtrain", "sft": "make sft", "rl": "make rl"}
 
 _META_RE = re.compile(r"^meta_(\d{6,})\.json$")
 

@@ -30,7 +30,11 @@ SECTIONS = [
     ("Chat evaluation mid", "midtrain"),
     ("Chat SFT", "sft"),
     ("Chat evaluation sft", "sft"),
+    ("Chat RL", "rl"),
+    ("Chat evaluation rl", "rl"),
 ]
+# stages a default pipeline does not run (`RL=1` adds rl): their absent sections are not "missing"
+OPTIONAL_STAGES = {"rl"}
 
 # Metrics pulled into the summary table: (row label, section title, key in that section).
 SUMMARY_METRICS = ["CORE", "ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee", "ChatCORE"]
@@ -161,7 +165,7 @@ def _toolchain() -> list[str]:
 def _stage_params(base: Path) -> list[str]:
     stamps = base / ".stamps"
     out = []
-    for stage in ("data", "tokenizer", "pretrain", "midtrain", "sft"):
+    for stage in ("data", "tokenizer", "pretrain", "midtrain", "sft", "rl"):
         rec = read_stamp(stamps / f"{stage}.done")
         if rec is not None:
             wall = stamps / f"{stage}.wall"
@@ -172,11 +176,13 @@ def _stage_params(base: Path) -> list[str]:
 
 def _metrics_table(report: Report) -> list[str]:
     cols = [("BASE", "Base model evaluation"), ("MID", "Chat evaluation mid"), ("SFT", "Chat evaluation sft")]
+    if report.section_path("Chat evaluation rl").with_suffix(".json").exists():  # only after an RL stage
+        cols.append(("RL", "Chat evaluation rl"))
     data = {}
     for col, title in cols:
         p = report.section_path(title).with_suffix(".json")
         data[col] = json.loads(p.read_text()) if p.exists() else {}
-    rows = ["| Metric | BASE | MID | SFT |", "|---|---|---|---|"]
+    rows = ["| Metric | " + " | ".join(c for c, _ in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for metric in SUMMARY_METRICS:
         vals = [data[c].get(metric) for c, _ in cols]
         if all(v is None for v in vals):
@@ -196,7 +202,7 @@ def generate(base_dir: Path | None = None) -> Path:
         p = report.section_path(title)
         if p.exists():
             parts.append(p.read_text())
-        else:
+        elif stage not in OPTIONAL_STAGES:
             missing.append(f"{title} ({stage})")
     curves = sorted(report.dir.glob("*.svg"))
     if curves:

@@ -46,7 +46,7 @@ EXECUTION_KEYS = frozenset({
     "run", "device_type", "dtype", "compile", "compile_scope", "device_batch_size", "save_every", "keep_last", "eval_every",
     "eval_tokens", "eval_steps", "eval_metrics_every", "eval_metrics_max_problems", "core_metric_every",
     "core_metric_max_per_task", "sample_every", "model_tag", "resume", "resume_from_step", "record_output",
-    "dry_run", "log_every",
+    "dry_run", "log_every", "eval_examples", "eval_samples",
 })
 
 

@@ -17,7 +17,7 @@ from nanochat.common import UserError, compute_init, print0, run_main
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(allow_abbrev=False, description="Chat with a nanochat model")
-    ap.add_argument("-i", "--source", choices=["base", "mid", "sft"], default="sft", help="which checkpoints")
+    ap.add_argument("-i", "--source", choices=["base", "mid", "sft", "rl"], default="sft", help="which checkpoints")
     ap.add_argument("-g", "--model-tag", default=None, help="model tag (default: the only one there)")
     ap.add_argument("-s", "--step", type=int, default=None, help="checkpoint step (default: newest complete)")
     ap.add_argument("-p", "--prompt", default="", help="answer this one prompt and exit")

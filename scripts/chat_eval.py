@@ -1,4 +1,4 @@
-"""Evaluate a chat model (mid / sft / base checkpoint) on the chat tasks and write the
+"""Evaluate a chat model (mid / sft / rl / base checkpoint) on the chat tasks and write the
 "Chat evaluation <source>" report section.
 
     python -m scripts.chat_eval -i sft -g d20 -s 650
@@ -25,12 +25,13 @@ import time
 from nanochat.common import UserError, compute_cleanup, compute_init, print0, run_main
 
 ALL_TASKS = ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]
-SECTIONS = {"base": "Chat evaluation base", "mid": "Chat evaluation mid", "sft": "Chat evaluation sft"}
+SECTIONS = {"base": "Chat evaluation base", "mid": "Chat evaluation mid", "sft": "Chat evaluation sft",
+            "rl": "Chat evaluation rl"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(allow_abbrev=False, description="Evaluate a chat model on ARC, MMLU, GSM8K, HumanEval, SpellingBee")
-    ap.add_argument("-i", "--source", choices=["base", "mid", "sft"], default="sft", help="which checkpoints")
+    ap.add_argument("-i", "--source", choices=["base", "mid", "sft", "rl"], default="sft", help="which checkpoints")
     ap.add_argument("-a", "--task-name", default=None,
                     help=f"tasks separated by | or , (default: all of {', '.join(ALL_TASKS)})")
     ap.add_argument("-x", "--max-problems", type=int, default=-1, help="at most N problems per task (-1 = all)")

@@ -312,7 +312,14 @@ def test_flag_prefix_is_not_taken_for_the_flag(base):
 
 
 def test_chat_eval_bad_source_is_one_line(base):
-    expect_failure(base, "scripts.chat_eval", "-i", "rl", match=("rl", "--help"))
+    expect_failure(base, "scripts.chat_eval", "-i", "ppo", match=("ppo", "--help"))
+    expect_failure(base, "scripts.chat_eval", "-i", "rl", match=("no rl checkpoints", "make rl"))
+
+
+def test_chat_rl_bad_flags_and_missing_sft_are_one_line(base):
+    expect_failure(base, "scripts.chat_rl", "--num-samples=1", match="--num-samples>=2")
+    expect_failure(base, "scripts.chat_rl", "--temperature=0", match="positive temperature")
+    expect_failure(base, "scripts.chat_rl", "--device-type=cpu", match=("no sft checkpoints", "make sft"))
 
 
 def test_dataset_source_neither_url_nor_dir(base, tmp_path):

@@ -42,8 +42,9 @@ def test_checkpoint_dir_layout(base_dir):
     assert ckm.checkpoint_dir("base", "d4") == base_dir / "base_checkpoints" / "d4"
     assert ckm.checkpoint_dir("mid", "d4") == base_dir / "mid_checkpoints" / "d4"
     assert ckm.checkpoint_dir("sft", "d4") == base_dir / "chatsft_checkpoints" / "d4"
+    assert ckm.checkpoint_dir("rl", "d4") == base_dir / "chatrl_checkpoints" / "d4"
     with pytest.raises(UserError):
-        ckm.checkpoint_dir("rl", "d4")
+        ckm.checkpoint_dir("ppo", "d4")
     with pytest.raises(UserError):
         ckm.checkpoint_dir("base", "../x")
 

@@ -63,6 +63,20 @@ def test_speedrun_tiny_then_exact_suffix_rerun(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip()
 
+    # the optional rl stage on the SFT model: by hand it leaves the default pipeline up to date; RL=1
+    # then only reassembles the report, which now has the RL sections and an RL column
+    rl = [*MICRO, "SFT_ITERATIONS=7", "RL_ITERATIONS=2", "RL_SAMPLES=2", "RL_MAX_NEW_TOKENS=8", "RL_EVAL_EXAMPLES=2"]
+    res = make(base, "rl", *rl)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    assert stage_modules(res.stdout) == ["chat_rl", "chat_eval"]
+    assert (base / ".stamps" / "rl.step").read_text().strip() == "2"
+    assert make(base, "-q", "speedrun", *rl).returncode == 0
+    res = make(base, "speedrun", "RL=1", *rl)
+    assert res.returncode == 0 and stage_modules(res.stdout) == ["report"], res.stdout[-3000:]
+    report = (base / "report" / "report.md").read_text()
+    assert "## Chat RL" in report and "## Chat evaluation rl" in report and "| Metric | BASE | MID | SFT | RL |" in report
+    assert "offline substitute, not GSM8K" in report  # GSM8K train is not shipped offline: the report says so
+
     # the same stage with 2 gloo processes through the no-libuv launcher (torchrun must not see the
     # scripts' flags; every rank must shut down cleanly): a new DEPTH reruns pretrain only
     res = make(base, "pretrain", *MICRO, "DEPTH=3", "NPROC=2", "DEVICE_BATCH_SIZE=4", "USE_LIBUV=0")

