@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import subprocess_env
+from test_pipeline import pipe, repo  # noqa: F401  (the Makefile tests' fixtures: a repo copy + fake python)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures" / "tasks"
@@ -316,6 +317,21 @@ def test_flag_errors_and_graceful_shutdown(web_base, server):
     code, out, err = stop_server(proc, signal.SIGINT)
     assert code == 0 and "SIGINT: shutting down" in out and out.rstrip().endswith("stopped"), (out, err)
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- make serve
+
+def test_make_serve_runs_the_recorded_sft_step_and_stales_nothing(pipe):  # noqa: F811
+    res = pipe.make("serve")
+    assert res.returncode != 0 and "run `make sft` first" in res.stderr and pipe.calls() == []
+    pipe.built()
+    pipe.make("serve", "PORT=0", "HOST=::1", check=True)
+    [args] = pipe.call_args("chat_web")
+    step = (pipe.base / ".stamps" / "sft.step").read_text().strip()
+    assert args[:3] == ["-i", "sft", "-g"] and args[4:6] == ["-s", step]   # the tag is MODEL_TAG (d<DEPTH>)
+    assert args[-4:] == ["--host", "::1", "--port", "0"]
+    # PORT and HOST are execution settings: nothing becomes stale
+    assert pipe.make("-q", "speedrun", "PORT=1234", "HOST=0.0.0.0").returncode == 0
 
 
 # ----------------------------------------------------------------------------- shared chat code
