@@ -190,8 +190,10 @@ RL_EVAL_EXAMPLES ?= 400
 MODEL_TAG ?= d$(DEPTH)
 # execution-only knobs: never make a stage stale
 WANDB_RUN ?= dummy
-# verbs' own knobs: `make chat PROMPT=...`, `make soak TRIALS= SEED=`, `make distclean CONFIRM=yes`
+# verbs' own knobs: `make chat PROMPT=...`, `make serve PORT= HOST=`, `make soak TRIALS= SEED=`, `make distclean CONFIRM=yes`
 PROMPT ?=
+PORT ?= 8000
+HOST ?= 127.0.0.1
 CONFIRM ?=
 TRIALS ?= 50
 SEED ?= 0
@@ -326,7 +328,7 @@ endef
 step_of = $$(cat $(STAMPS)/$(1).step)
 
 # ============================================================================ user verbs
-.PHONY: help speedrun data tokenizer pretrain midtrain sft rl report chat status dag clean \
+.PHONY: help speedrun data tokenizer pretrain midtrain sft rl report chat serve status dag clean \
         clean-checkpoints distclean test soak doctor $(addprefix redo-,$(ALL_STAGES)) FORCE
 
 help: ## show verbs and variables (default goal)
@@ -343,7 +345,7 @@ help: ## show verbs and variables (default goal)
 	   SFT_INIT_LR_FRAC SFT_TARGET_EXAMPLES SFT_DEVICE_BATCH_SIZE SFT_EVAL_STEPS MID_EVAL_TOKENS CHAT_EVAL_MAX CHAT_MAX_NEW_TOKENS \
 	   RL RL_EPOCHS RL_ITERATIONS RL_EXAMPLES_PER_STEP RL_SAMPLES RL_LR_FRAC RL_MAX_NEW_TOKENS RL_TEMPERATURE RL_EVAL_EXAMPLES \
 	   RL_DEVICE_BATCH_SIZE MODEL_TAG WANDB_RUN DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS RL_ARGS TRACK_CODE \
-	   TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
+	   TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT PORT HOST TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
 	@echo
 	@echo "Semantic variables make their stage (and what follows) stale; NPROC, DEVICE_BATCH_SIZE,"
 	@echo "SFT_DEVICE_BATCH_SIZE, RL_DEVICE_BATCH_SIZE, DEVICE_TYPE and WANDB_RUN never do. See README.md, 'The pipeline'."
@@ -371,6 +373,10 @@ dag: ## print the stage graph (Mermaid)
 chat: | $(VENV_DEP) ## talk to the newest SFT model (PROMPT='...' for one answer)
 	@test -f $(STAMPS)/sft.step || { echo "error: no SFT model in $(B): run \`make sft\` first" >&2; exit 1; }
 	$(PY) -m scripts.chat_cli -i sft -g $(MODEL_TAG) -s $(call step_of,sft) --device-type=$(DEVICE_TYPE) $(if $(PROMPT),-p $(call q,$(PROMPT)))
+
+serve: | $(VENV_DEP) ## web chat with the newest SFT model on http://HOST:PORT/ (PORT=8000 HOST=127.0.0.1)
+	@test -f $(STAMPS)/sft.step || { echo "error: no SFT model in $(B): run \`make sft\` first" >&2; exit 1; }
+	$(PY) -m scripts.chat_web -i sft -g $(MODEL_TAG) -s $(call step_of,sft) --device-type=$(DEVICE_TYPE) --host $(call q,$(HOST)) --port $(call q,$(PORT))
 
 test: | $(VENV_DEP) ## run the test suite
 	$(PY) -m pytest -q tests

@@ -57,6 +57,8 @@ def run_main(main: Callable[[], object]) -> None:
 
 
 def _abort_distributed() -> None:
+    if "torch.distributed" not in sys.modules:  # never imported: no process group, and no 3 s torch import
+        return
     try:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():

@@ -1,0 +1,496 @@
+"""The web chat: a standard-library HTTP server around one model copy per device.
+
+    GET  /                  the single-page UI (nanochat/static/index.html, no external URLs)
+    POST /chat/completions  {"messages": [...], "temperature", "top_k", "max_tokens", "seed"} -> Server-Sent
+                            Events: `data: {"token", "kind", "segment"}` per piece, then `data: {"done": true, ...}`
+    GET  /health            status, checkpoint (source, tag, step), device(s), workers
+
+Concurrency: `ThreadingHTTPServer` gives every connection a thread. A bounded semaphore
+(`--max-concurrent`) admits completion requests; one more gets 429 at once. An admitted request
+waits for a free model copy in a queue (`WorkerPool`, one copy per GPU), so N GPUs answer N
+conversations at the same time. The slot is taken before the body is read, so slow uploads count
+too (and a socket timeout bounds them).
+
+Every refusal is a JSON `{"error": "..."}` with a 4xx status; the server never sends a traceback.
+SIGINT/SIGTERM stop accepting, let streams end at their next token (finish_reason "shutdown"), and
+exit 0.
+"""
+from __future__ import annotations
+
+import json
+import math
+import queue
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+
+from nanochat.chat import Reply, model_positions
+
+KNOWN_FIELDS = {"messages", "temperature", "top_k", "max_tokens", "seed"}
+IGNORED_FIELDS = {"model", "stream"}       # sent by OpenAI-style clients; we always stream
+ROLES = {"system", "user", "assistant"}
+PART_TYPES = {"text", "python", "python_output"}
+MAX_TEMPERATURE = 2.0
+SHUTDOWN_GRACE_S = 10.0
+
+
+class RequestError(Exception):
+    """A refused request: HTTP status + one line saying what to change."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass
+class Limits:
+    max_chars: int = 32000        # characters over all message contents
+    max_tokens: int = 512         # the most (and default) tokens per answer
+    context_tokens: int | None = None  # the model's positions (prompt + answer)
+    vocab_size: int = 0
+    temperature: float = 0.6      # defaults for fields a request leaves out
+    top_k: int = 50
+
+    @property
+    def max_body_bytes(self) -> int:
+        # JSON may escape every character as \uXXXX (6 bytes), plus room for the other fields
+        return 6 * self.max_chars + 65536
+
+
+@dataclass
+class ChatRequest:
+    messages: list
+    prompt: list[int]
+    temperature: float
+    top_k: int
+    max_tokens: int
+    seed: int
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _number_field(payload: dict, key: str, default, lo, hi, integer: bool):
+    if key not in payload or payload[key] is None:
+        return default
+    v = payload[key]
+    kind = "an integer" if integer else "a number"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+        raise RequestError(400, f"{key} must be {kind} from {lo} to {hi}, got {json.dumps(v)[:40]}")
+    if (isinstance(v, float) and not math.isfinite(v)) or not lo <= v <= hi:
+        raise RequestError(400, f"{key} must be {kind} from {lo} to {hi}, got {v}")
+    return v
+
+
+def _check_message(i: int, m) -> int:
+    """Validate message i; returns its number of characters."""
+    if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
+        raise RequestError(400, f"message {i} must be an object with exactly 'role' and 'content'")
+    role, content = m["role"], m["content"]
+    if role not in ROLES:
+        raise RequestError(400, f"message {i} has role {json.dumps(role)[:40]}: use system, user or assistant")
+    if isinstance(content, str):
+        if role != "assistant" and not content.strip():
+            raise RequestError(400, f"message {i} ({role}) is empty: type something")
+        return len(content)
+    if role == "assistant" and isinstance(content, list):
+        n = 0
+        for part in content:
+            if (not isinstance(part, dict) or part.get("type") not in PART_TYPES
+                    or not isinstance(part.get("text"), str)):
+                raise RequestError(400, f"message {i}: assistant parts are {{\"type\": text|python|python_output, "
+                                        f"\"text\": string}}")
+            n += len(part["text"])
+        return n
+    raise RequestError(400, f"message {i} ({role}) content must be a string"
+                            + (" or a list of parts" if role == "assistant" else ""))
+
+
+def parse_chat_request(body: bytes, tokenizer, limits: Limits) -> ChatRequest:
+    """The request body -> a validated request with its prompt ids; RequestError otherwise."""
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RequestError(400, f"the request body is not valid JSON ({str(exc)[:80]})") from None
+    if not isinstance(payload, dict):
+        raise RequestError(400, "the request body must be a JSON object with a 'messages' list")
+    unknown = sorted(set(payload) - KNOWN_FIELDS - IGNORED_FIELDS)
+    if unknown:
+        raise RequestError(400, f"unknown field {unknown[0]!r}: use {', '.join(sorted(KNOWN_FIELDS))}")
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError(400, "'messages' must be a non-empty list of {\"role\", \"content\"} objects")
+    chars = sum(_check_message(i, m) for i, m in enumerate(messages))
+    if not any(m["role"] == "user" for m in messages):
+        raise RequestError(400, "the conversation has no user message")
+    if messages[-1]["role"] != "user":
+        raise RequestError(400, "the last message must be the user's (the one to answer)")
+    if chars > limits.max_chars:
+        raise RequestError(413, f"the conversation has {chars} characters, more than this server's limit of "
+                                f"{limits.max_chars} (--max-chars): start a new conversation")
+    temperature = float(_number_field(payload, "temperature", limits.temperature, 0.0, MAX_TEMPERATURE, False))
+    top_k = _number_field(payload, "top_k", limits.top_k, 0, limits.vocab_size, True)
+    max_tokens = _number_field(payload, "max_tokens", limits.max_tokens, 1, limits.max_tokens, True)
+    seed = _number_field(payload, "seed", None, 0, 2**63 - 1, True)
+    try:
+        prompt = tokenizer.render_for_completion({"messages": messages})
+    except ValueError as exc:  # role order, misplaced system message
+        raise RequestError(400, str(exc)) from None
+    if limits.context_tokens is not None and len(prompt) >= limits.context_tokens:
+        raise RequestError(413, f"the conversation is {len(prompt)} tokens but the model's context holds "
+                                f"{limits.context_tokens}: start a new conversation")
+    return ChatRequest(messages, prompt, temperature, top_k, max_tokens,
+                       seed if seed is not None else secrets.randbelow(2**31))
+
+
+# ----------------------------------------------------------------------------- workers
+
+@dataclass
+class Worker:
+    index: int
+    engine: object     # nanochat.engine.Engine over this device's model copy
+    device: object
+
+
+class WorkerPool:
+    """Free model copies in a queue: a request borrows one, generates, and gives it back."""
+
+    def __init__(self, workers: list[Worker]):
+        if not workers:
+            raise ValueError("a worker pool needs at least one worker")
+        self.workers = workers
+        self._free: queue.Queue[Worker] = queue.Queue()
+        for w in workers:
+            self._free.put(w)
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def busy(self) -> int:
+        return len(self.workers) - self._free.qsize()
+
+    def take(self, stopping: threading.Event) -> Worker | None:
+        """A free worker, or None once the server is stopping."""
+        while not stopping.is_set():
+            try:
+                return self._free.get(timeout=0.25)
+            except queue.Empty:
+                continue
+        return None
+
+    def give_back(self, worker: Worker) -> None:
+        self._free.put(worker)
+
+
+# ----------------------------------------------------------------------------- server
+
+def load_page() -> bytes:
+    return resources.files("nanochat").joinpath("static", "index.html").read_bytes()
+
+
+class ChatServer(ThreadingHTTPServer):
+    daemon_threads = True      # a stuck client never keeps the process alive
+    allow_reuse_address = True
+
+    def __init__(self, address, request_timeout: float = 30.0):
+        """Binds at once (a port in use fails before any model is loaded); `attach` the models before
+        `serve_forever`."""
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.request_timeout = request_timeout
+        self.stopping = threading.Event()
+        self.page = load_page()
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        super().__init__(address, ChatHandler)
+
+    def attach(self, pool: WorkerPool, tokenizer, limits: Limits, info: dict, max_concurrent: int) -> None:
+        self.pool, self.tokenizer, self.limits, self.info = pool, tokenizer, limits, info
+        self.max_concurrent = max_concurrent
+        self.slots = threading.BoundedSemaphore(max_concurrent)
+
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}/"
+
+    def health(self) -> dict:
+        return {"status": "stopping" if self.stopping.is_set() else "ok",
+                "model_loaded": len(self.pool) > 0,
+                **self.info,
+                "workers": len(self.pool), "workers_busy": self.pool.busy(),
+                "in_flight": self.in_flight, "max_concurrent": self.max_concurrent,
+                "context_tokens": self.limits.context_tokens, "max_chars": self.limits.max_chars,
+                "max_tokens": self.limits.max_tokens}
+
+    def _count(self, delta: int) -> None:
+        with self._lock:
+            self.in_flight += delta
+
+
+_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+        "img-src data:; base-uri 'none'; form-action 'none'")
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    server: ChatServer
+    server_version = "nanochat-web"
+    # HTTP/1.0: one request per connection, a stream simply ends when the connection closes
+
+    def setup(self):
+        self.timeout = self.server.request_timeout  # bounds reads of a stalled client
+        super().setup()
+
+    # -- responses
+
+    def _send(self, status: int, body: bytes, content_type: str, extra: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: dict, extra: dict | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), "application/json", extra)
+
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own refusals (bad request line, unsupported method...) as JSON too."""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        self.close_connection = True
+        if getattr(self, "request_version", "") == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"  # a line we could not parse: still answer with a status line
+        self._json(code, {"error": message or phrase})
+
+    def log_message(self, format, *args):
+        sys.stderr.write(f"web: {self.address_string()} {format % args}\n")
+
+    # -- routing
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            self._send(200, self.server.page, "text/html; charset=utf-8", {"Content-Security-Policy": _CSP})
+        elif path == "/health":
+            self._json(200, self.server.health())
+        elif path == "/chat/completions":
+            self._json(405, {"error": "use POST for /chat/completions"}, {"Allow": "POST"})
+        else:
+            self._json(404, {"error": f"no such path {path!r}: use /, /health or POST /chat/completions"})
+
+    def do_POST(self):
+        path = self.path.split("?", 1)[0]
+        if path != "/chat/completions":
+            if path in ("/", "/index.html", "/health"):
+                self._json(405, {"error": f"use GET for {path}"}, {"Allow": "GET"})
+            else:
+                self._json(404, {"error": f"no such path {path!r}: POST to /chat/completions"})
+            return
+        if not self.server.slots.acquire(blocking=False):
+            self._drain_body()
+            self._json(429, {"error": f"too many requests in flight (at most {self.server.max_concurrent}, "
+                                      f"--max-concurrent): retry in a moment"}, {"Retry-After": "1"})
+            return
+        self.server._count(+1)
+        try:
+            self._completion()
+        except RequestError as exc:
+            self._json(exc.status, {"error": exc.message})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away; nothing left to tell it
+        except socket.timeout:
+            self.close_connection = True
+        except Exception as exc:  # never a traceback to the client; one line for the operator
+            sys.stderr.write(f"web: internal error: {exc.__class__.__name__}: {exc}\n")
+            try:
+                self._json(500, {"error": f"internal error ({exc.__class__.__name__}): see the server log"})
+            except OSError:
+                pass
+        finally:
+            self.server._count(-1)
+            self.server.slots.release()
+
+    # -- the completion
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise RequestError(411, "send the body with a Content-Length (chunked uploads are not supported)")
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            raise RequestError(411, "a Content-Length header is required")
+        try:
+            n = int(raw)
+            if n < 0:
+                raise ValueError
+        except ValueError:
+            raise RequestError(400, f"bad Content-Length {raw!r}") from None
+        if n > self.server.limits.max_body_bytes:
+            self.close_connection = True
+            raise RequestError(413, f"the request body is {n} bytes, more than the limit of "
+                                    f"{self.server.limits.max_body_bytes} (--max-chars)")
+        try:
+            body = self.rfile.read(n)
+        except socket.timeout:
+            raise RequestError(408, "the request body did not arrive in time") from None
+        if len(body) < n:
+            raise RequestError(400, "the request body is shorter than its Content-Length")
+        return body
+
+    def _drain_body(self) -> None:
+        """Read (and drop) a refused request's body, so closing the socket does not reset the reply."""
+        try:
+            n = int(self.headers.get("Content-Length", "0"))
+            if 0 < n <= self.server.limits.max_body_bytes:
+                self.rfile.read(n)
+        except (ValueError, OSError):
+            pass
+
+    def _event(self, obj: dict) -> None:
+        self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        self.wfile.flush()
+
+    def _completion(self) -> None:
+        srv = self.server
+        req = parse_chat_request(self._read_body(), srv.tokenizer, srv.limits)
+        worker = srv.pool.take(srv.stopping)
+        if worker is None:
+            raise RequestError(503, "the server is shutting down")
+        try:
+            reply = Reply(worker.engine, req.prompt, req.max_tokens, req.temperature, req.top_k, req.seed)
+            pieces = iter(reply)
+            # the prefill and first token run before the 200 goes out, so their errors get a real status
+            try:
+                first = next(pieces, None)
+            except ValueError as exc:  # the engine refused the prompt (e.g. it does not fit)
+                raise RequestError(413, f"the model cannot take this conversation ({exc})") from None
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Accel-Buffering", "no")
+            self.end_headers()
+            self.close_connection = True
+            started = time.perf_counter()
+            try:
+                piece = first
+                while piece is not None:
+                    self._event({"token": piece.text, "kind": piece.kind, "segment": piece.segment})
+                    if srv.stopping.is_set():
+                        reply.finish_reason = "shutdown"
+                        break
+                    piece = next(pieces, None)
+            except (BrokenPipeError, ConnectionResetError):
+                raise
+            except Exception as exc:  # headers are out: report it in the stream
+                sys.stderr.write(f"web: generation failed: {exc.__class__.__name__}: {exc}\n")
+                self._event({"error": f"generation failed ({exc.__class__.__name__})", "done": True})
+                return
+            finally:
+                pieces.close()
+            self._event({"done": True, "finish_reason": reply.finish_reason, "content": reply.content(),
+                         "prompt_tokens": len(req.prompt), "completion_tokens": len(reply.tokens),
+                         "worker": worker.index, "seconds": round(time.perf_counter() - started, 3)})
+        finally:
+            srv.pool.give_back(worker)
+
+
+# ----------------------------------------------------------------------------- running it
+
+def build_pool(source: str, model_tag: str | None, step: int | None, devices: list):
+    """One model copy per device, all from the same checkpoint step -> (pool, tokenizer, info, a model)."""
+    from nanochat.checkpoint_manager import build_model, checkpoint_dir, find_model_tag, resolve_step
+    from nanochat.engine import Engine
+    tag = model_tag or find_model_tag(source)
+    ckpt = checkpoint_dir(source, tag)
+    step = resolve_step(ckpt, step)
+    workers, tokenizer, model = [], None, None
+    for i, device in enumerate(devices):
+        print(f"loading {source}/{tag} step {step} on {device} ({i + 1}/{len(devices)})", flush=True)
+        model, tokenizer, _ = build_model(ckpt, step, device, "eval")
+        workers.append(Worker(i, Engine(model, tokenizer), device))
+    info = {"checkpoint": {"source": source, "tag": tag, "step": step},
+            "device": str(devices[0].type), "devices": [str(d) for d in devices]}
+    return WorkerPool(workers), tokenizer, info, model
+
+
+def pick_devices(device, num_gpus: int | None) -> list:
+    """The devices to load a copy on: every visible GPU by default, one copy elsewhere."""
+    import torch
+    from nanochat.common import UserError
+    if device.type != "cuda":
+        if num_gpus not in (None, 1):
+            raise UserError(f"--num-gpus={num_gpus} needs CUDA GPUs; on {device.type} the server runs one worker "
+                            f"(drop --num-gpus or use --device-type=cuda)")
+        return [device]
+    visible = torch.cuda.device_count()
+    n = visible if num_gpus is None else num_gpus
+    if n < 1 or n > visible:
+        raise UserError(f"--num-gpus={n} but {visible} GPU(s) are visible: use 1..{visible}")
+    return [torch.device("cuda", i) for i in range(n)]
+
+
+def serve(server: ChatServer) -> None:
+    """Serve until SIGINT/SIGTERM, then stop gracefully."""
+    stop = threading.Event()
+    received = []
+
+    def on_signal(signum, _frame):
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    print(f"nanochat web chat: {server.url()}", flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    print(f"{received[0] if received else 'stop'}: shutting down ({server.in_flight} request(s) in flight)",
+          flush=True)
+    server.stopping.set()
+    server.shutdown()
+    deadline = time.monotonic() + SHUTDOWN_GRACE_S
+    while server.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.server_close()
+    print("stopped", flush=True)
+
+
+def make_server(args) -> ChatServer:
+    """Bind the address, then load the model copies named by the parsed flags (scripts/chat_web.py)."""
+    from nanochat.common import UserError
+    if args.device_type in ("cpu", "mps") and args.num_gpus not in (None, 1):
+        raise UserError(f"--num-gpus={args.num_gpus} needs CUDA GPUs; on {args.device_type} the server runs one "
+                        f"worker (drop --num-gpus or use --device-type=cuda)")
+    try:
+        server = ChatServer((args.host, args.port), args.request_timeout)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}): choose another "
+                        f"--port (0 = any free port) or --host") from None
+    try:
+        from nanochat.common import compute_init
+        _, _, _, _, device = compute_init(args.device_type, seed=42)
+        pool, tokenizer, info, model = build_pool(args.source, args.model_tag, args.step,
+                                                  pick_devices(device, args.num_gpus))
+        limits = Limits(max_chars=args.max_chars, max_tokens=args.max_tokens,
+                        context_tokens=model_positions(model), vocab_size=tokenizer.get_vocab_size(),
+                        temperature=args.temperature, top_k=args.top_k)
+        server.attach(pool, tokenizer, limits, info, args.max_concurrent or 4 * len(pool))
+    except BaseException:
+        server.server_close()
+        raise
+    return server
