@@ -30,7 +30,6 @@ _spec = importlib.util.spec_from_file_location("tiny_chat", FIX / "tiny_chat.py"
 tiny_chat = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(tiny_chat)
 
-needs_model = pytest.mark.skipif(tiny_chat.modules_missing() is not None, reason=str(tiny_chat.modules_missing()))
 
 MAX_CHARS = 20000   # the test server's --max-chars
 MAX_TOKENS = 48     # its --max-tokens
@@ -42,8 +41,6 @@ URL_RE = re.compile(r"nanochat web chat: (http://\S+)")
 
 @pytest.fixture(scope="module")
 def web_base(tmp_path_factory):
-    if tiny_chat.modules_missing():
-        pytest.skip(tiny_chat.modules_missing())
     base = tmp_path_factory.mktemp("web") / "base"
     base.mkdir()
     with pytest.MonkeyPatch.context() as mp:
@@ -157,7 +154,6 @@ USER = [{"role": "user", "content": "hello, who are you?"}]
 
 # ----------------------------------------------------------------------------- API
 
-@needs_model
 def test_health_reports_the_loaded_checkpoint(server):
     h = health(server)
     assert h["status"] == "ok" and h["model_loaded"] is True
@@ -167,7 +163,6 @@ def test_health_reports_the_loaded_checkpoint(server):
     assert h["max_chars"] == MAX_CHARS and h["max_tokens"] == MAX_TOKENS and h["in_flight"] == 0
 
 
-@needs_model
 def test_page_is_self_contained(server):
     status, ctype, raw = http(server, "/")
     assert status == 200 and ctype.startswith("text/html")
@@ -177,7 +172,6 @@ def test_page_is_self_contained(server):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page must not load external URLs"
 
 
-@needs_model
 def test_streamed_completion(server):
     pieces, done = complete(server, USER, temperature=0.0, max_tokens=16)
     assert len(pieces) >= 1 and all(set(p) == {"token", "kind", "segment"} for p in pieces)
@@ -246,7 +240,6 @@ BAD_REQUESTS = [
 ]
 
 
-@needs_model
 def test_bad_input_gets_a_json_error_and_the_server_lives_on(server):
     for name, body, want, says in BAD_REQUESTS:
         status, ctype, raw = http(server, "/chat/completions", body)
@@ -273,7 +266,6 @@ def test_bad_input_gets_a_json_error_and_the_server_lives_on(server):
     assert len(complete(server, USER, max_tokens=4)[0]) >= 1
 
 
-@needs_model
 def test_too_many_concurrent_requests_get_429(server):
     """--max-concurrent 1: a request whose body is still arriving holds the only slot, so a second
     request is refused at once; once the first completes, the slot is free again."""
@@ -299,7 +291,6 @@ def test_too_many_concurrent_requests_get_429(server):
     assert complete(server, USER, max_tokens=4)[1]["done"] is True
 
 
-@needs_model
 def test_flag_errors_and_graceful_shutdown(web_base, server):
     env = subprocess_env(web_base)
     port = server.rstrip("/").rsplit(":", 1)[1]
@@ -336,7 +327,6 @@ def test_make_serve_runs_the_recorded_sft_step_and_stales_nothing(pipe):  # noqa
 
 # ----------------------------------------------------------------------------- shared chat code
 
-@needs_model
 def test_reply_pieces_and_terminal_rendering_of_a_tool_call():
     from test_engine import ScriptedModel
 
@@ -434,7 +424,6 @@ def _answer_texts(driver):
             el => [...el.querySelectorAll('span.text')].map(s => s.textContent).join(''));""")
 
 
-@needs_model
 @needs_browser
 def test_browser_chat_as_a_person(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
@@ -482,7 +471,6 @@ FAKE_STREAM = [{"token": "The answer is ", "kind": "text", "segment": 0}, {"toke
                {"token": ".", "kind": "text", "segment": 4}, {"done": True, "finish_reason": "stop"}]
 
 
-@needs_model
 @needs_browser
 def test_browser_shows_calculator_calls_as_chips(server, browser):
     """A random model never calls the calculator, so the page's fetch is stubbed with a tool-call stream."""
