@@ -25,7 +25,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from nanochat.common import get_base_dir, stream_to_file, unlink_quietly
+from nanochat.common import atomic_output, get_base_dir, stream_to_file
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 
@@ -109,19 +109,13 @@ def _sdist_from_index(name: str, version: str, cache: Path, timeout: float, retr
                 page = resp.read().decode("utf-8", "replace")
             url, sha = _sdist_link(name, version, page, page_url)
             dest = cache / urllib.parse.unquote(url.rsplit("/", 1)[-1])
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=cache)
-            try:
-                hasher = hashlib.sha256()
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                    stream_to_file(resp, out, hasher)
+            hasher = hashlib.sha256()
+            with atomic_output(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                stream_to_file(resp, out, hasher)
                 if sha is not None and hasher.hexdigest() != sha.lower():
                     raise OfflineDataUnavailable(
                         f"{dest.name} from {url} has sha256 {hasher.hexdigest()}, the index says {sha}")
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, dest)
-                return dest
-            finally:
-                unlink_quietly(tmp)
+            return dest
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code} {exc.reason}"
             if exc.code < 500 and exc.code not in (408, 429):
