@@ -49,14 +49,8 @@ def sample_on_device(logits: torch.Tensor, rng: torch.Generator | None, temperat
     probabilities by Exp(1) noise drawn with exponential_ from the generator, take the argmax), which
     draws the same noise, but skips its checks for inf/NaN probabilities (softmax of finite logits
     has none) and so never waits on the device (tests/test_decode.py compares the two)."""
-    if temperature <= 0.0:
-        return logits.argmax(dim=-1)
-    logits = logits.float()
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        vals, idx = torch.topk(logits, top_k, dim=-1)
-        probs = torch.softmax(vals / temperature, dim=-1)
-        return idx.gather(-1, _one_sample(probs, rng)[:, None]).squeeze(-1)
-    return _one_sample(torch.softmax(logits / temperature, dim=-1), rng)
+    from nanochat.engine import sample_next
+    return sample_next(logits, rng, temperature, top_k, draw=_one_sample)
 
 
 def _one_sample(probs: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:

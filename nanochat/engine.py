@@ -128,19 +128,23 @@ def calculator(expr: str) -> str | None:
 
 # ----------------------------------------------------------------------------- sampling
 
+def multinomial_draw(probs: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
+    """probs [B, n] -> one index per row [B] (torch.multinomial, which checks its input on the host)."""
+    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
+
+
 def sample_next(logits: torch.Tensor, rng: torch.Generator | None, temperature: float = 1.0,
-                top_k: int | None = None) -> torch.Tensor:
-    """logits [B, V] -> ids [B]. temperature 0 = greedy; top_k restricts to the k most likely."""
+                top_k: int | None = None, draw=multinomial_draw) -> torch.Tensor:
+    """logits [B, V] -> ids [B]. temperature 0 = greedy; top_k restricts to the k most likely.
+    `draw(probs, rng) -> [B]` picks one index per row (nanochat.decode passes a sync-free one)."""
     if temperature <= 0.0:
         return logits.argmax(dim=-1)
     logits = logits.float()
     if top_k is not None and 0 < top_k < logits.size(-1):
         vals, idx = torch.topk(logits, top_k, dim=-1)
-        probs = torch.softmax(vals / temperature, dim=-1)
-        choice = torch.multinomial(probs, 1, generator=rng)
-        return idx.gather(-1, choice).squeeze(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
+        choice = draw(torch.softmax(vals / temperature, dim=-1), rng)
+        return idx.gather(-1, choice[:, None]).squeeze(-1)
+    return draw(torch.softmax(logits / temperature, dim=-1), rng)
 
 
 class _Row:

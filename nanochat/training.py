@@ -73,6 +73,24 @@ def add_run_args(parser: argparse.ArgumentParser, compile_default: str = "auto")
     g.add_argument("--record-output", default="", help="write the final step number to this file")
 
 
+def add_source_args(parser: argparse.ArgumentParser, what: str, choices: tuple[str, ...] = ()) -> None:
+    """The checkpoint a finetuning stage starts from: --source (when there is a choice), --model-tag,
+    --model-step. `what` names it in the help ("base", "source")."""
+    g = parser.add_argument_group("source")
+    if choices:
+        g.add_argument("--source", default=choices[0], choices=list(choices), help="which checkpoints to start from")
+    g.add_argument("--model-tag", default="", help=f"{what} model tag (default: the only one); also the output tag")
+    g.add_argument("--model-step", type=int, default=-1, help=f"{what} checkpoint step (-1 = newest complete)")
+
+
+def check_source_and_schedule(args) -> None:
+    """--model-step and --eval-every, as every finetuning stage takes them."""
+    if args.model_step < -1:
+        raise UserError(f"--model-step={args.model_step} must be a step >= 0 (or -1 = newest)")
+    if args.eval_every == 0 or args.eval_every < -1:
+        raise UserError(f"--eval-every={args.eval_every} must be a positive number of steps or -1")
+
+
 def add_lr_args(parser: argparse.ArgumentParser, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02,
                 weight_decay=0.0, scalar_lr: float | None = 0.5) -> None:
     g = parser.add_argument_group("optimizer")

@@ -21,10 +21,7 @@ from nanochat import training as tr
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False, description="Reinforcement learning on GSM8K")
     tr.add_run_args(p, compile_default="off")
-    g = p.add_argument_group("source")
-    g.add_argument("--source", default="sft", choices=["sft", "mid"], help="which checkpoints to start from")
-    g.add_argument("--model-tag", default="", help="source model tag (default: the only one); also the output tag")
-    g.add_argument("--model-step", type=int, default=-1, help="source checkpoint step (-1 = newest complete)")
+    tr.add_source_args(p, "source", ("sft", "mid"))
     g = p.add_argument_group("training")
     g.add_argument("--num-epochs", type=int, default=1, help="passes over GSM8K train (when --num-iterations=-1)")
     g.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = from --num-epochs)")
@@ -58,10 +55,7 @@ def validate(args) -> None:
                         f"signal), use a positive temperature such as 1.0")
     if args.num_iterations < -1:
         raise UserError(f"--num-iterations={args.num_iterations} must be >= 0 (or -1 = from --num-epochs)")
-    if args.model_step < -1:
-        raise UserError(f"--model-step={args.model_step} must be a step >= 0 (or -1 = newest)")
-    if args.eval_every == 0 or args.eval_every < -1:
-        raise UserError(f"--eval-every={args.eval_every} must be a positive number of steps or -1")
+    tr.check_source_and_schedule(args)
     world = dist_env()[3]
     if args.examples_per_step % world:
         lower = args.examples_per_step // world * world

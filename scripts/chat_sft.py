@@ -25,10 +25,7 @@ from nanochat.tasks import load_eval_task
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False, description="Supervised fine-tuning on the chat mixture")
     tr.add_run_args(p, compile_default="off")
-    g = p.add_argument_group("source")
-    g.add_argument("--source", default="mid", choices=["mid", "base"], help="which checkpoints to start from")
-    g.add_argument("--model-tag", default="", help="source model tag (default: the only one); also the output tag")
-    g.add_argument("--model-step", type=int, default=-1, help="source checkpoint step (-1 = newest complete)")
+    tr.add_source_args(p, "source", ("mid", "base"))
     g = p.add_argument_group("training")
     g.add_argument("--num-epochs", type=int, default=1, help="passes over the mixture (when --num-iterations=-1)")
     g.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = from --num-epochs)")

@@ -23,9 +23,7 @@ from nanochat.resume import loader_resume_state
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False, description="Midtrain the base model on the chat mixture")
     tr.add_run_args(p)
-    g = p.add_argument_group("source")
-    g.add_argument("--model-tag", default="", help="base model tag (default: the only one); also the output tag")
-    g.add_argument("--model-step", type=int, default=-1, help="base checkpoint step (-1 = newest complete)")
+    tr.add_source_args(p, "base")
     g = p.add_argument_group("training")
     g.add_argument("--num-iterations", type=int, default=-1, help="optimizer steps (-1 = about one epoch)")
     g.add_argument("--max-seq-len", type=int, default=-1, help="row length (-1 = the model's sequence_len)")
@@ -46,10 +44,7 @@ def validate(args) -> None:
     tr.check_positive(args, "max_seq_len", allow_minus_one=("max_seq_len",))
     if args.num_iterations < -1:
         raise UserError(f"--num-iterations={args.num_iterations} must be >= 0 (or -1 = one epoch)")
-    if args.model_step < -1:
-        raise UserError(f"--model-step={args.model_step} must be a step >= 0 (or -1 = newest)")
-    if args.eval_every == 0 or args.eval_every < -1:
-        raise UserError(f"--eval-every={args.eval_every} must be a positive number of steps or -1")
+    tr.check_source_and_schedule(args)
     if args.max_seq_len > 0:
         tr.grad_accum_steps(args.total_batch_size, args.device_batch_size, args.max_seq_len, dist_env()[3])
 
