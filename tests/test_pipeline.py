@@ -332,7 +332,7 @@ def test_status_says_which_parameter_changed(pipe):
     out = pipe.make("status", "DEPTH=6").stdout
     lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
     assert "up to date" in lines["tokenizer"] and "up to date" in lines["data"]
-    assert "depth: 4 -> 6" in out and "tag: d4 -> d6" in out
+    assert "DEPTH: 4 -> 6" in out and "MODEL_TAG: d4 -> d6" in out
     assert "STALE" in lines["midtrain"] and "upstream stage 'pretrain'" in lines["midtrain"]
     assert "up to date" in pipe.make("status").stdout.splitlines()[-1]
 
