@@ -15,7 +15,10 @@
 # make variable (so the stamp records the effective value, whether or not the user spelled out the
 # default, and `make -n` prints the exact command), and each knob's default here is that script
 # flag's default, which tests/test_make_defaults.py enforces: change a default in the script, and
-# the test names the line to change here. A preset sets only what it changes.
+# the test names the line to change here. A preset sets only what it changes. (Reading the
+# defaults from the scripts at parse time would import torch on every `make` call, `make help`
+# included; passing a flag only when its variable is set would make a stamp differ between
+# `make pretrain` and `make pretrain EMBEDDING_LR=<its default>`.)
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
