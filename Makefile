@@ -244,6 +244,15 @@ rm -f $(call stamp,$(1)) $(if $(2),$(STAMPS)/$(1).step)
 endef
 step_of = $$(cat $(STAMPS)/$(1).step)
 
+# Before any stamp is read (the stage rules below read theirs while make parses): the base dir (or
+# the nearest existing parent) must be writable; checked read-only.
+ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
+BASE_PROBE := $(shell d='$(B)'; while [ ! -e "$$d" ] && [ "$$d" != / ]; do d=$$(dirname "$$d"); done; [ -d "$$d" ] && [ -w "$$d" ] && echo ok)
+ifneq ($(BASE_PROBE),ok)
+  $(error NANOCHAT_BASE_DIR=$(B) is not a writable directory: point NANOCHAT_BASE_DIR at one you can write)
+endif
+endif
+
 # ============================================================================ the stages
 # Each block: what the stage does, its knobs (`VAR ?= <the script flag's default>`; presets above
 # override some), the flags they become, what is recorded, and the rule. Knob defaults must equal
@@ -466,11 +475,6 @@ $(if $(filter 0,$(call rem,$(SFT_TARGET_EXAMPLES),$(SFT_DEVICE_BATCH_SIZE)*$(NPR
 # (only where rl can run: a process count that does not divide it must not block the other stages)
 ifneq ($(or $(filter 1,$(RL)),$(filter rl redo-rl,$(MAKECMDGOALS))),)
 $(if $(filter 0,$(call rem,$(RL_EXAMPLES_PER_STEP),$(NPROC)*$(NNODES))),,$(error RL_EXAMPLES_PER_STEP=$(RL_EXAMPLES_PER_STEP) is not a multiple of NPROC x NNODES = $(NPROC) x $(NNODES): change one of them))
-endif
-# the base dir (or the nearest existing parent) must be writable; checked read-only
-BASE_PROBE := $(shell d='$(B)'; while [ ! -e "$$d" ] && [ "$$d" != / ]; do d=$$(dirname "$$d"); done; [ -d "$$d" ] && [ -w "$$d" ] && echo ok)
-ifneq ($(BASE_PROBE),ok)
-  $(error NANOCHAT_BASE_DIR=$(B) is not a writable directory: point NANOCHAT_BASE_DIR at one you can write)
 endif
 endif
 
