@@ -237,3 +237,11 @@ def test_an_old_stamp_format_costs_one_rerun_and_nothing_else(built, tmp_path):
     res = built("speedrun")
     assert res.returncode == 0, res.stderr
     assert built("-q", "speedrun").returncode == 0
+
+
+def test_a_checkpoint_that_recorded_the_retired_scalar_lr_still_resumes():
+    """--scalar-lr never acted (the model has no scalar parameters) and is gone: a checkpoint whose
+    semantic config still has it is compatible with a run that has otherwise the same settings."""
+    from nanochat.checkpoint_manager import config_differences
+    assert config_differences({"depth": 4, "scalar_lr": 0.5}, {"depth": 4}) == []
+    assert config_differences({"depth": 4, "scalar_lr": 0.5}, {"depth": 6}) == ["depth: 4 -> 6"]
