@@ -7,6 +7,18 @@
 # change reruns exactly the stages that consume it and what follows, while `touch`, checkout, clock
 # steps, NPROC or batch-size changes rerun nothing (no decision reads an mtime), and `make -n`/`-q`
 # stay truthful and side-effect free. `make help` lists verbs and variables.
+#
+# Layout: toolchain and hardware; presets; the machinery; then ONE BLOCK PER STAGE (its knobs, the
+# flags they become, its rule) in DAG order; validation; the user verbs.
+#
+# Defaults have ONE source of truth: the scripts' argparse defaults. Every semantic knob is still a
+# make variable (so the stamp records the effective value, whether or not the user spelled out the
+# default, and `make -n` prints the exact command), and each knob's default here is that script
+# flag's default, which tests/test_make_defaults.py enforces: change a default in the script, and
+# the test names the line to change here. A preset sets only what it changes. (Reading the
+# defaults from the scripts at parse time would import torch on every `make` call, `make help`
+# included; passing a flag only when its variable is set would make a stamp differ between
+# `make pretrain` and `make pretrain EMBEDDING_LR=<its default>`.)
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -89,7 +101,8 @@ else
 endif
 
 # ============================================================================ presets
-# A preset fills in every knob the user did not set (command line and environment win).
+# A preset sets only the knobs it CHANGES from the scripts' defaults (command line and environment
+# win); everything else is the stage blocks' defaults below, which are the scripts' own.
 ifeq ($(PRESET),tiny)
   # the embedded default: a tiny model on the shipped public-domain corpus, minutes on 2 CPU cores
   DATA_SOURCE ?= embedded
@@ -97,7 +110,6 @@ ifeq ($(PRESET),tiny)
   VOCAB_SIZE ?= 4096
   TOK_MAX_CHARS ?= 50000000
   DEPTH ?= 4
-  ASPECT_RATIO ?= 64
   HEAD_DIM ?= 64
   MAX_SEQ_LEN ?= 256
   WINDOW_PATTERN ?= L
@@ -109,85 +121,34 @@ ifeq ($(PRESET),tiny)
   CORE_MAX_PER_TASK ?= 50
   MID_ITERATIONS ?= 40
   MID_TOTAL_BATCH_SIZE ?= 4096
-  SFT_EPOCHS ?= 1
+  MID_EVAL_TOKENS ?= 32768
   SFT_ITERATIONS ?= 40
   SFT_DEVICE_BATCH_SIZE ?= $(shell echo $$(( 8 / ($(NPROC) * $(NNODES)) )))
   SFT_EVAL_STEPS ?= 8
   CHAT_EVAL_MAX ?= 20
   CHAT_MAX_NEW_TOKENS ?= 96
-  MID_EVAL_TOKENS ?= 32768
   RL_ITERATIONS ?= 4
   RL_EXAMPLES_PER_STEP ?= 2
   RL_SAMPLES ?= 4
   RL_MAX_NEW_TOKENS ?= 48
   RL_EVAL_EXAMPLES ?= 2
 else ifeq ($(PRESET),speedrun)
-  # nanochat's d20 "$100" recipe on one 8xH100 node (any NPROC works: grad accumulation)
-  DATA_SOURCE ?= auto
+  # nanochat's d20 "$100" recipe on one 8xH100 node (any NPROC works: grad accumulation); the
+  # scripts' defaults are that recipe, so only the data size is set
   DATA_SHARDS ?= 240
-  VOCAB_SIZE ?= 32768
-  TOK_MAX_CHARS ?= 2000000000
-  DEPTH ?= 20
-  WINDOW_PATTERN ?= SSSL
-  DEVICE_BATCH_SIZE ?= 32
-  NUM_ITERATIONS ?= -1
-  TARGET_PARAM_DATA_RATIO ?= 20
 else ifeq ($(PRESET),run1000)
   # the d26 "$1000"-class run
-  DATA_SOURCE ?= auto
   DATA_SHARDS ?= 450
-  VOCAB_SIZE ?= 32768
   TOK_MAX_CHARS ?= 4000000000
   DEPTH ?= 26
-  WINDOW_PATTERN ?= SSSL
   DEVICE_BATCH_SIZE ?= 16
-  NUM_ITERATIONS ?= -1
-  TARGET_PARAM_DATA_RATIO ?= 20
 else
   $(error PRESET=$(PRESET) is unknown: use PRESET=tiny, PRESET=speedrun or PRESET=run1000)
 endif
 
-# defaults shared by every preset (the scripts' own defaults, spelled out so they are recorded)
-TOK_DOC_CAP ?= 10000
-ASPECT_RATIO ?= 64
-HEAD_DIM ?= 128
-MAX_SEQ_LEN ?= 2048
-TOTAL_BATCH_SIZE ?= 524288
-TARGET_PARAM_DATA_RATIO ?= 20
-EVAL_TOKENS ?= 10485760
-CORE_MAX_PER_TASK ?= 500
-EMBEDDING_LR ?= 0.3
-UNEMBEDDING_LR ?= 0.004
-MATRIX_LR ?= 0.02
-SCALAR_LR ?= 0.5
-WEIGHT_DECAY ?= 0.0
-WARMUP_RATIO ?= 0.0
-WARMDOWN_RATIO ?= 0.4
-FINAL_LR_FRAC ?= 0.0
-# 1 = fp8 matmuls in the transformer blocks while pretraining (GPUs of compute capability >= 8.9)
-FP8 ?= 0
-MID_ITERATIONS ?= -1
-MID_TOTAL_BATCH_SIZE ?= 524288
-MID_INIT_LR_FRAC ?= 1.0
-SFT_EPOCHS ?= 1
-SFT_ITERATIONS ?= -1
-SFT_INIT_LR_FRAC ?= 0.02
-SFT_TARGET_EXAMPLES ?= 32
-SFT_EVAL_STEPS ?= 100
-MID_EVAL_TOKENS ?= 10485760
-CHAT_EVAL_MAX ?= -1
-CHAT_MAX_NEW_TOKENS ?= 512
+# knobs of no single stage
 # the optional RL stage on GSM8K (`make rl`; RL=1 puts it into speedrun, before the report)
 RL ?= 0
-RL_EPOCHS ?= 1
-RL_ITERATIONS ?= -1
-RL_EXAMPLES_PER_STEP ?= 16
-RL_SAMPLES ?= 16
-RL_LR_FRAC ?= 0.05
-RL_MAX_NEW_TOKENS ?= 256
-RL_TEMPERATURE ?= 1.0
-RL_EVAL_EXAMPLES ?= 400
-MODEL_TAG ?= d$(DEPTH)
 # execution-only knobs: never make a stage stale
 WANDB_RUN ?= dummy
 # verbs' own knobs: `make chat PROMPT=...`, `make serve PORT= HOST=`, `make soak TRIALS= SEED=`, `make distclean CONFIRM=yes`
@@ -197,23 +158,286 @@ HOST ?= 127.0.0.1
 CONFIRM ?=
 TRIALS ?= 50
 SEED ?= 0
-SFT_DEVICE_BATCH_SIZE ?= 4
-RL_DEVICE_BATCH_SIZE ?= 8
-# free-form per-stage flags (semantic: they are recorded in the stamps)
-DATA_ARGS ?=
-TOK_ARGS ?=
-BASE_ARGS ?=
-MID_ARGS ?=
-SFT_ARGS ?=
-RL_ARGS ?=
 # TRACK_CODE=1: a stage also goes stale when the CONTENT of its code changes (off by default:
 # an edit to an eval helper should not silently retrain a 4-hour model)
 TRACK_CODE ?= 0
 
-# ============================================================================ validation
-# Pure make functions: instant, no subprocess, nothing touched.
+# ============================================================================ the staleness machinery
+FORCE: ;
+comma := ,
+empty :=
+space := $(empty) $(empty)
 # exact string equality (`filter` would treat % as a wildcard)
 eq = $(and $(findstring x$(1),x$(2)),$(findstring x$(2),x$(1)))
+# quote a make value for the shell
+q = '$(subst ','\'',$(1))'
+
+# A stage's knobs are declared once, per command, as words `flag=VAR` (`<cmd>_flags`; a store-true
+# flag, passed when VAR=1, in `<cmd>_switches`), where <cmd> is the module's name (scripts.<cmd>,
+# nanochat.dataset). From those words come
+#   $(call flags,<cmd>)     the command's flags: --flag=$(VAR) ...
+#   $(call knobs,<stage>)   the stage's semantic variables (of all of `<stage>_cmds`), sorted
+#   <stage>_params          the stamp's record: VAR=value;... plus the free-form <STAGE>_ARGS
+# and `make help` lists each stage's knobs from the same words. `<stage>_exec` names the stage's
+# execution-only variables (never recorded). Stamps record MAKE VARIABLE names (`DEPTH=20`), so
+# `make status` says `parameter DEPTH: 20 -> 26`. (Stamps written before this layout recorded other
+# keys, e.g. depth=, lr_scalar=: each such stage reruns once; training resumes where compatible.)
+flag_name = $(firstword $(subst =, ,$(1)))
+flag_var = $(lastword $(subst =, ,$(1)))
+flags = $(strip $(foreach f,$($(1)_flags),--$(call flag_name,$(f))=$($(call flag_var,$(f)))) $(foreach f,$($(1)_switches),$(if $(filter 1,$($(call flag_var,$(f)))),--$(call flag_name,$(f)))))
+knobs = $(sort $(foreach c,$($(1)_cmds),$(foreach f,$($(c)_flags) $($(c)_switches),$(call flag_var,$(f)))))
+code_hash = $(if $(filter 1,$(TRACK_CODE)),;code=$(firstword $(shell cat $(1) 2>/dev/null | sha256sum)))
+params_of = $(subst $(space),;,$(strip $(foreach v,$(call knobs,$(1)),$(v)=$($(v)))));$($(1)_args)=$($($(1)_args))$(call code_hash,$($(1)_code))
+
+# the DAG, in one place: the stage blocks below and `make dag`/`make status` all read these lists.
+# rl is optional: always buildable (`make rl`, `redo-rl`), in STAGES (speedrun, report, status, dag) only with RL=1
+ALL_STAGES     := data tokenizer pretrain midtrain sft rl
+STAGES         := data tokenizer pretrain midtrain sft $(if $(filter 1,$(RL)),rl)
+data_deps      :=
+tokenizer_deps := data
+pretrain_deps  := data tokenizer
+midtrain_deps  := pretrain
+sft_deps       := midtrain
+rl_deps        := sft
+report_deps    := $(STAGES)
+report_params  :=
+stamp = $(STAMPS)/$(1).done
+deps_of = $(foreach d,$($(1)_deps),$(call stamp,$(d)))
+
+# `make redo-<stage>` forces that stage (and everything after it)
+REDO := $(patsubst redo-%,%,$(filter redo-%,$(MAKECMDGOALS)))
+$(foreach s,$(REDO),$(if $(filter $(s),$(ALL_STAGES)),,$(error redo-$(s): unknown stage; stages are: $(ALL_STAGES))))
+
+# Staleness is decided on stamp CONTENT, never on mtimes (a touch, a checkout or a clock step must
+# neither trigger nor hide a rerun). A stamp reads  <params>|after=<dep>@<id>,...|id=<id>:  the
+# semantic parameters used, the ids of the upstream stamps it was built on, and its own fresh id.
+# A stage is stale iff it is redone, an upstream stage is stale (it will rerun first), its stamp is
+# missing, or the stamp records other parameters or other upstream ids than there are now.
+# (stamps are written without a final newline and compared stripped: GNU make 4.3's `$(file <)`
+# sometimes leaves the newline it should drop in the expansion, depending on buffer state)
+stamp_text = $(strip $(file <$(call stamp,$(1))))
+stamp_id = $(lastword $(subst |id=, ,$(call stamp_text,$(1))))
+# what $(1)'s stamp must say, less its own id; expanded in a recipe it reads the upstream ids then
+record = $($(1)_params)|after=$(subst $(space),$(comma),$(strip $(foreach d,$($(1)_deps),$(d)@$(call stamp_id,$(d)))))
+# the stamp less its own id (empty: never built, or interrupted)
+recorded = $(strip $(subst |id=$(call stamp_id,$(1)),,$(call stamp_text,$(1))))
+upstream_stale = $(strip $(foreach d,$($(1)_deps),$(call is_stale,$(d))))
+# each test yields a word when it holds (stripped: $(or) would count a lone blank as true)
+is_stale = $(strip $(or $(filter $(1),$(REDO)),$(call upstream_stale,$(1)),$(if $(call recorded,$(1)),,missing),$(if $(call eq,$(call recorded,$(1)),$(strip $(call record,$(1)))),,changed)))
+stale = $(if $(call is_stale,$(1)),FORCE)
+# how a long stage treats existing checkpoints: resume if compatible, unless forced
+resume_mode = $(if $(filter $(1),$(REDO)),fresh,auto)
+
+# Only one pipeline per base dir: the first recipe of a run claims $(B)/.lock for this make
+# process (its pid + start time); a second make stops with a clear message. A lock whose owner
+# died (kill -9) is stale and is taken over. $$PPID in a recipe shell is make itself.
+# It also notes the stage's start time, so `finish` can record its wall time for the report.
+take_lock = @$(SYSTEM_PYTHON) -m nanochat.pipeline lock $(call q,$(B)) $$PPID --stage $(1)
+# after the stage succeeded: write its stamp (record + a fresh id) atomically, and its wall time
+define finish
+$(if $(filter 0,$(NODE_RANK)),@$(SYSTEM_PYTHON) -m nanochat.pipeline finish $(call q,$(STAMPS)) $(1) $(call q,$(call record,$(1))),@true)
+endef
+# the first lines of every stage recipe: claim the lock, drop the stamp (and the step file)
+define begin
+$(call take_lock,$(1))
+rm -f $(call stamp,$(1)) $(if $(2),$(STAMPS)/$(1).step)
+endef
+step_of = $$(cat $(STAMPS)/$(1).step)
+
+# Before any stamp is read (the stage rules below read theirs while make parses): the base dir (or
+# the nearest existing parent) must be writable; checked read-only.
+ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
+BASE_PROBE := $(shell d='$(B)'; while [ ! -e "$$d" ] && [ "$$d" != / ]; do d=$$(dirname "$$d"); done; [ -d "$$d" ] && [ -w "$$d" ] && echo ok)
+ifneq ($(BASE_PROBE),ok)
+  $(error NANOCHAT_BASE_DIR=$(B) is not a writable directory: point NANOCHAT_BASE_DIR at one you can write)
+endif
+endif
+
+# ============================================================================ the stages
+# Each block: what the stage does, its knobs (`VAR ?= <the script flag's default>`; presets above
+# override some), the flags they become, what is recorded, and the rule. Knob defaults must equal
+# the scripts' argparse defaults: tests/test_make_defaults.py checks every one.
+# (No trailing comments on assignment lines: the blanks would become part of the values.)
+
+# ---------------------------------------------------------------------------- data
+# pretraining shards into base_data/ (downloaded, or built from the embedded corpus)
+# DATA_SHARDS: every preset sets it (nanochat.dataset's -n has no fixed default)
+DATA_SOURCE ?= auto
+data_cmds := dataset
+dataset_flags := num-shards=DATA_SHARDS source=DATA_SOURCE
+data_args := DATA_ARGS
+DATA_ARGS ?=
+data_code := nanochat/dataset.py nanochat/embedded_corpus.py
+data_params := $(call params_of,data)
+
+$(call stamp,data): $(call stale,data) | $(call deps_of,data) $(VENV_DEP)
+	$(call begin,data)
+	$(PY) -m nanochat.dataset $(call flags,dataset) $(DATA_ARGS)
+	$(call finish,data)
+
+# ---------------------------------------------------------------------------- tokenizer
+# train the BPE tokenizer on the shards, then evaluate it (tokenizer/, report section)
+VOCAB_SIZE ?= 32768
+TOK_MAX_CHARS ?= 2000000000
+TOK_DOC_CAP ?= 10000
+tokenizer_cmds := tok_train
+tok_train_flags := vocab-size=VOCAB_SIZE max-chars=TOK_MAX_CHARS doc-cap=TOK_DOC_CAP
+tokenizer_args := TOK_ARGS
+TOK_ARGS ?=
+tokenizer_code := nanochat/tokenizer.py scripts/tok_train.py
+tokenizer_params := $(call params_of,tokenizer)
+
+$(call stamp,tokenizer): $(call stale,tokenizer) | $(call deps_of,tokenizer) $(VENV_DEP)
+	$(call begin,tokenizer)
+	$(PY) -m scripts.tok_train $(call flags,tok_train) $(TOK_ARGS)
+	$(PY) -m scripts.tok_eval
+	$(call finish,tokenizer)
+
+# ---------------------------------------------------------------------------- pretrain
+# the base model: train (base_checkpoints/$(MODEL_TAG)), bits-per-byte, CORE eval
+DEPTH ?= 20
+ASPECT_RATIO ?= 64
+HEAD_DIM ?= 128
+MAX_SEQ_LEN ?= 2048
+WINDOW_PATTERN ?= SSSL
+TOTAL_BATCH_SIZE ?= 524288
+NUM_ITERATIONS ?= -1
+TARGET_PARAM_DATA_RATIO ?= 20
+EMBEDDING_LR ?= 0.3
+UNEMBEDDING_LR ?= 0.004
+MATRIX_LR ?= 0.02
+WEIGHT_DECAY ?= 0.0
+WARMUP_RATIO ?= 0.0
+WARMDOWN_RATIO ?= 0.5
+FINAL_LR_FRAC ?= 0.0
+# 1 = fp8 matmuls in the transformer blocks (GPUs of compute capability >= 8.9)
+FP8 ?= 0
+EVAL_TOKENS ?= 10485760
+CORE_MAX_PER_TASK ?= -1
+# the checkpoint directory's name, also what every later stage loads (base_train's own default)
+MODEL_TAG ?= d$(DEPTH)
+DEVICE_BATCH_SIZE ?= 32
+pretrain_cmds := base_train base_loss base_eval
+base_train_flags := depth=DEPTH aspect-ratio=ASPECT_RATIO head-dim=HEAD_DIM max-seq-len=MAX_SEQ_LEN \
+  window-pattern=WINDOW_PATTERN total-batch-size=TOTAL_BATCH_SIZE num-iterations=NUM_ITERATIONS \
+  target-param-data-ratio=TARGET_PARAM_DATA_RATIO embedding-lr=EMBEDDING_LR unembedding-lr=UNEMBEDDING_LR \
+  matrix-lr=MATRIX_LR weight-decay=WEIGHT_DECAY warmup-ratio=WARMUP_RATIO warmdown-ratio=WARMDOWN_RATIO \
+  final-lr-frac=FINAL_LR_FRAC eval-tokens=EVAL_TOKENS model-tag=MODEL_TAG
+base_train_switches := fp8=FP8
+base_loss_flags := split-tokens=EVAL_TOKENS
+base_eval_flags := max-per-task=CORE_MAX_PER_TASK
+pretrain_args := BASE_ARGS
+BASE_ARGS ?=
+pretrain_exec := DEVICE_BATCH_SIZE
+pretrain_code := nanochat/gpt.py nanochat/fp8.py nanochat/optim.py nanochat/dataloader.py nanochat/training.py scripts/base_train.py
+pretrain_params := $(call params_of,pretrain)
+
+$(call stamp,pretrain): $(call stale,pretrain) | $(call deps_of,pretrain) $(VENV_DEP)
+	$(call begin,pretrain,step)
+	$(RUN_DIST) -m scripts.base_train -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --device-batch-size=$(DEVICE_BATCH_SIZE) \
+	  $(call flags,base_train) --resume=$(call resume_mode,pretrain) --record-output=$(STAMPS)/pretrain.step $(BASE_ARGS)
+	$(RUN_DIST) -m scripts.base_loss -- --device-type=$(DEVICE_TYPE) --device-batch-size=$(DEVICE_BATCH_SIZE) \
+	  --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) $(call flags,base_loss)
+	$(RUN_DIST) -m scripts.base_eval -- --device-type=$(DEVICE_TYPE) \
+	  --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) $(call flags,base_eval)
+	$(call finish,pretrain)
+
+# every chat stage ends with scripts.chat_eval of its model
+CHAT_EVAL_MAX ?= -1
+CHAT_MAX_NEW_TOKENS ?= 512
+chat_eval_flags := max-problems=CHAT_EVAL_MAX max-new-tokens=CHAT_MAX_NEW_TOKENS
+chat_eval = $(RUN_DIST) -m scripts.chat_eval -- --device-type=$(DEVICE_TYPE) -i $(1) -g $(MODEL_TAG) -s $(call step_of,$(2)) \
+  $(call flags,chat_eval)
+
+# ---------------------------------------------------------------------------- midtrain
+# the base model on conversations (mid_checkpoints/), then its chat eval. Its learning rates are
+# mid_train's own (MID_ARGS='--embedding-lr=...' to change them); its sequence length is the model's.
+MID_ITERATIONS ?= -1
+MID_TOTAL_BATCH_SIZE ?= 524288
+MID_INIT_LR_FRAC ?= 1.0
+MID_EVAL_TOKENS ?= 10485760
+midtrain_cmds := mid_train chat_eval
+mid_train_flags := num-iterations=MID_ITERATIONS total-batch-size=MID_TOTAL_BATCH_SIZE init-lr-frac=MID_INIT_LR_FRAC \
+  eval-tokens=MID_EVAL_TOKENS
+midtrain_args := MID_ARGS
+MID_ARGS ?=
+midtrain_exec := DEVICE_BATCH_SIZE
+midtrain_code := nanochat/training.py scripts/mid_train.py
+midtrain_params := $(call params_of,midtrain)
+
+$(call stamp,midtrain): $(call stale,midtrain) | $(call deps_of,midtrain) $(VENV_DEP)
+	$(call begin,midtrain,step)
+	$(RUN_DIST) -m scripts.mid_train -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --device-batch-size=$(DEVICE_BATCH_SIZE) \
+	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,pretrain) $(call flags,mid_train) \
+	  --resume=$(call resume_mode,midtrain) --record-output=$(STAMPS)/midtrain.step $(MID_ARGS)
+	$(call chat_eval,mid,midtrain)
+	$(call finish,midtrain)
+
+# ---------------------------------------------------------------------------- sft
+# supervised finetuning from the midtrained model (chatsft_checkpoints/), then its chat eval
+SFT_EPOCHS ?= 1
+SFT_ITERATIONS ?= -1
+SFT_TARGET_EXAMPLES ?= 32
+SFT_INIT_LR_FRAC ?= 0.02
+SFT_EVAL_STEPS ?= 100
+SFT_DEVICE_BATCH_SIZE ?= 4
+sft_cmds := chat_sft chat_eval
+chat_sft_flags := num-epochs=SFT_EPOCHS num-iterations=SFT_ITERATIONS target-examples-per-step=SFT_TARGET_EXAMPLES \
+  init-lr-frac=SFT_INIT_LR_FRAC eval-steps=SFT_EVAL_STEPS
+sft_args := SFT_ARGS
+SFT_ARGS ?=
+sft_exec := SFT_DEVICE_BATCH_SIZE
+sft_code := nanochat/training.py scripts/chat_sft.py
+sft_params := $(call params_of,sft)
+
+$(call stamp,sft): $(call stale,sft) | $(call deps_of,sft) $(VENV_DEP)
+	$(call begin,sft,step)
+	$(RUN_DIST) -m scripts.chat_sft -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --device-batch-size=$(SFT_DEVICE_BATCH_SIZE) \
+	  --source=mid --model-tag=$(MODEL_TAG) --model-step=$(call step_of,midtrain) $(call flags,chat_sft) \
+	  --resume=$(call resume_mode,sft) --record-output=$(STAMPS)/sft.step $(SFT_ARGS)
+	$(call chat_eval,sft,sft)
+	$(call finish,sft)
+
+# ---------------------------------------------------------------------------- rl (optional)
+# RL on GSM8K from the SFT model (chatrl_checkpoints/), then its chat eval
+RL_EPOCHS ?= 1
+RL_ITERATIONS ?= -1
+RL_EXAMPLES_PER_STEP ?= 16
+RL_SAMPLES ?= 16
+RL_MAX_NEW_TOKENS ?= 256
+RL_TEMPERATURE ?= 1.0
+RL_LR_FRAC ?= 0.05
+RL_EVAL_EXAMPLES ?= 400
+RL_DEVICE_BATCH_SIZE ?= 8
+rl_cmds := chat_rl chat_eval
+chat_rl_flags := num-epochs=RL_EPOCHS num-iterations=RL_ITERATIONS examples-per-step=RL_EXAMPLES_PER_STEP \
+  num-samples=RL_SAMPLES max-new-tokens=RL_MAX_NEW_TOKENS temperature=RL_TEMPERATURE init-lr-frac=RL_LR_FRAC \
+  eval-examples=RL_EVAL_EXAMPLES
+rl_args := RL_ARGS
+RL_ARGS ?=
+rl_exec := RL_DEVICE_BATCH_SIZE
+rl_code := nanochat/training.py nanochat/rl.py scripts/chat_rl.py
+rl_params := $(call params_of,rl)
+
+$(call stamp,rl): $(call stale,rl) | $(call deps_of,rl) $(VENV_DEP)
+	$(call begin,rl,step)
+	$(RUN_DIST) -m scripts.chat_rl -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --device-batch-size=$(RL_DEVICE_BATCH_SIZE) \
+	  --source=sft --model-tag=$(MODEL_TAG) --model-step=$(call step_of,sft) $(call flags,chat_rl) \
+	  --resume=$(call resume_mode,rl) --record-output=$(STAMPS)/rl.step $(RL_ARGS)
+	$(call chat_eval,rl,rl)
+	$(call finish,rl)
+
+# ---------------------------------------------------------------------------- report
+# report.md from the stage sections: rebuilt when missing or any stage was rebuilt since (its
+# stamp records their ids)
+$(REPORT): $(call stale,report) | $(call deps_of,report) $(VENV_DEP)
+	$(call take_lock,report)
+	$(if $(filter 0,$(NODE_RANK)),$(PY) -m nanochat.report generate)
+	$(call finish,report)
+
+# ============================================================================ validation
+# Pure make functions: instant, no subprocess, nothing touched; an error here stops make while it
+# still parses, before any recipe runs.
 strip_digits = $(subst 9,,$(subst 8,,$(subst 7,,$(subst 6,,$(subst 5,,$(subst 4,,$(subst 3,,$(subst 2,,$(subst 1,,$(subst 0,,$(1)))))))))))
 is_posint = $(and $(strip $(1)),$(if $(strip $(call strip_digits,$(1))),,y),$(if $(subst 0,,$(1)),y))
 is_int = $(if $(filter 0,$(1)),y,$(call is_posint,$(patsubst -%,%,$(1))))
@@ -227,7 +451,7 @@ check_noquote = $(if $(findstring ',$($(1))),$(error $(1) must not contain a sin
 ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 $(foreach v,NPROC NNODES DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE MID_EVAL_TOKENS SFT_EPOCHS SFT_DEVICE_BATCH_SIZE SFT_TARGET_EXAMPLES SFT_EVAL_STEPS CHAT_MAX_NEW_TOKENS RL_EPOCHS RL_EXAMPLES_PER_STEP RL_SAMPLES RL_MAX_NEW_TOKENS RL_EVAL_EXAMPLES RL_DEVICE_BATCH_SIZE,$(call check_posint,$(v),4))
 $(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK RL_ITERATIONS,$(call check_int,$(v)))
-$(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC RL_LR_FRAC RL_TEMPERATURE,$(call check_number,$(v),0.02))
+$(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC RL_LR_FRAC RL_TEMPERATURE,$(call check_number,$(v),0.02))
 $(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS RL_ARGS WANDB_RUN MODEL_TAG NANOCHAT_BASE_DIR,$(call check_noquote,$(v)))
 $(if $(filter 0 1,$(FP8)),,$(error FP8=$(FP8) must be 0 or 1))
 $(if $(filter 0 1,$(RL)),,$(error RL=$(RL) must be 0 or 1 (1 = speedrun also runs the rl stage)))
@@ -252,80 +476,7 @@ $(if $(filter 0,$(call rem,$(SFT_TARGET_EXAMPLES),$(SFT_DEVICE_BATCH_SIZE)*$(NPR
 ifneq ($(or $(filter 1,$(RL)),$(filter rl redo-rl,$(MAKECMDGOALS))),)
 $(if $(filter 0,$(call rem,$(RL_EXAMPLES_PER_STEP),$(NPROC)*$(NNODES))),,$(error RL_EXAMPLES_PER_STEP=$(RL_EXAMPLES_PER_STEP) is not a multiple of NPROC x NNODES = $(NPROC) x $(NNODES): change one of them))
 endif
-# the base dir (or the nearest existing parent) must be writable; checked read-only
-BASE_PROBE := $(shell d='$(B)'; while [ ! -e "$$d" ] && [ "$$d" != / ]; do d=$$(dirname "$$d"); done; [ -d "$$d" ] && [ -w "$$d" ] && echo ok)
-ifneq ($(BASE_PROBE),ok)
-  $(error NANOCHAT_BASE_DIR=$(B) is not a writable directory: point NANOCHAT_BASE_DIR at one you can write)
 endif
-endif
-
-# ============================================================================ the staleness machinery
-FORCE: ;
-# Only a stage's semantic parameters live in its stamp. NPROC, DEVICE_BATCH_SIZE, WANDB_RUN,
-# DEVICE_TYPE are execution settings and deliberately absent. (No trailing comments on these
-# lines: the blanks would become part of the values.)
-code_hash = $(if $(filter 1,$(TRACK_CODE)),;code=$(firstword $(shell cat $(1) 2>/dev/null | sha256sum)))
-data_params      := source=$(DATA_SOURCE);shards=$(DATA_SHARDS);args=$(DATA_ARGS)$(call code_hash,nanochat/dataset.py nanochat/embedded_corpus.py)
-tokenizer_params := vocab=$(VOCAB_SIZE);max_chars=$(TOK_MAX_CHARS);doc_cap=$(TOK_DOC_CAP);args=$(TOK_ARGS)$(call code_hash,nanochat/tokenizer.py scripts/tok_train.py)
-pretrain_params  := depth=$(DEPTH);aspect=$(ASPECT_RATIO);head_dim=$(HEAD_DIM);seq=$(MAX_SEQ_LEN);window=$(WINDOW_PATTERN);total_batch=$(TOTAL_BATCH_SIZE);iters=$(NUM_ITERATIONS);ratio=$(TARGET_PARAM_DATA_RATIO);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);lr_scalar=$(SCALAR_LR);wd=$(WEIGHT_DECAY);warmup=$(WARMUP_RATIO);warmdown=$(WARMDOWN_RATIO);final_lr=$(FINAL_LR_FRAC);fp8=$(FP8);eval_tokens=$(EVAL_TOKENS);core_max=$(CORE_MAX_PER_TASK);tag=$(MODEL_TAG);args=$(BASE_ARGS)$(call code_hash,nanochat/gpt.py nanochat/fp8.py nanochat/optim.py nanochat/dataloader.py nanochat/training.py scripts/base_train.py)
-midtrain_params  := iters=$(MID_ITERATIONS);total_batch=$(MID_TOTAL_BATCH_SIZE);seq=$(MAX_SEQ_LEN);init_lr=$(MID_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_tokens=$(MID_EVAL_TOKENS);eval_max=$(CHAT_EVAL_MAX);max_new=$(CHAT_MAX_NEW_TOKENS);args=$(MID_ARGS)$(call code_hash,nanochat/training.py scripts/mid_train.py)
-sft_params       := epochs=$(SFT_EPOCHS);iters=$(SFT_ITERATIONS);examples_per_step=$(SFT_TARGET_EXAMPLES);init_lr=$(SFT_INIT_LR_FRAC);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_steps=$(SFT_EVAL_STEPS);eval_max=$(CHAT_EVAL_MAX);max_new=$(CHAT_MAX_NEW_TOKENS);args=$(SFT_ARGS)$(call code_hash,nanochat/training.py scripts/chat_sft.py)
-rl_params        := epochs=$(RL_EPOCHS);iters=$(RL_ITERATIONS);examples_per_step=$(RL_EXAMPLES_PER_STEP);samples=$(RL_SAMPLES);init_lr=$(RL_LR_FRAC);rl_max_new=$(RL_MAX_NEW_TOKENS);temperature=$(RL_TEMPERATURE);lr_emb=$(EMBEDDING_LR);lr_unemb=$(UNEMBEDDING_LR);lr_matrix=$(MATRIX_LR);eval_examples=$(RL_EVAL_EXAMPLES);eval_max=$(CHAT_EVAL_MAX);max_new=$(CHAT_MAX_NEW_TOKENS);args=$(RL_ARGS)$(call code_hash,nanochat/training.py nanochat/rl.py scripts/chat_rl.py)
-
-# the DAG, in one place: the rules below and `make dag`/`make status` all read these lists.
-# rl is optional: always buildable (`make rl`, `redo-rl`), in STAGES (speedrun, report, status, dag) only with RL=1
-ALL_STAGES    := data tokenizer pretrain midtrain sft rl
-STAGES        := data tokenizer pretrain midtrain sft $(if $(filter 1,$(RL)),rl)
-data_deps     :=
-tokenizer_deps := data
-pretrain_deps := data tokenizer
-midtrain_deps := pretrain
-sft_deps      := midtrain
-rl_deps       := sft
-report_deps   := $(STAGES)
-report_params :=
-stamp = $(STAMPS)/$(1).done
-deps_of = $(foreach d,$($(1)_deps),$(call stamp,$(d)))
-
-# `make redo-<stage>` forces that stage (and everything after it)
-REDO := $(patsubst redo-%,%,$(filter redo-%,$(MAKECMDGOALS)))
-$(foreach s,$(REDO),$(if $(filter $(s),$(ALL_STAGES)),,$(error redo-$(s): unknown stage; stages are: $(ALL_STAGES))))
-
-# Staleness is decided on stamp CONTENT, never on mtimes (a touch, a checkout or a clock step must
-# neither trigger nor hide a rerun). A stamp reads  <params>|after=<dep>@<id>,...|id=<id>:  the
-# semantic parameters used, the ids of the upstream stamps it was built on, and its own fresh id.
-# A stage is stale iff it is redone, an upstream stage is stale (it will rerun first), its stamp is
-# missing, or the stamp records other parameters or other upstream ids than there are now.
-comma := ,
-empty :=
-space := $(empty) $(empty)
-# (stamps are written without a final newline and compared stripped: GNU make 4.3's `$(file <)`
-# sometimes leaves the newline it should drop in the expansion, depending on buffer state)
-stamp_text = $(strip $(file <$(call stamp,$(1))))
-stamp_id = $(lastword $(subst |id=, ,$(call stamp_text,$(1))))
-# what $(1)'s stamp must say, less its own id; expanded in a recipe it reads the upstream ids then
-record = $($(1)_params)|after=$(subst $(space),$(comma),$(strip $(foreach d,$($(1)_deps),$(d)@$(call stamp_id,$(d)))))
-# the stamp less its own id (empty: never built, or interrupted)
-recorded = $(strip $(subst |id=$(call stamp_id,$(1)),,$(call stamp_text,$(1))))
-upstream_stale = $(strip $(foreach d,$($(1)_deps),$(call is_stale,$(d))))
-# each test yields a word when it holds (stripped: $(or) would count a lone blank as true)
-is_stale = $(strip $(or $(filter $(1),$(REDO)),$(call upstream_stale,$(1)),$(if $(call recorded,$(1)),,missing),$(if $(call eq,$(call recorded,$(1)),$(strip $(call record,$(1)))),,changed)))
-stale = $(if $(call is_stale,$(1)),FORCE)
-# how a long stage treats existing checkpoints: resume if compatible, unless forced
-resume_mode = $(if $(filter $(1),$(REDO)),fresh,auto)
-# quote a make value for the shell
-q = '$(subst ','\'',$(1))'
-
-# Only one pipeline per base dir: the first recipe of a run claims $(B)/.lock for this make
-# process (its pid + start time); a second make stops with a clear message. A lock whose owner
-# died (kill -9) is stale and is taken over. $$PPID in a recipe shell is make itself.
-# It also notes the stage's start time, so `finish` can record its wall time for the report.
-take_lock = @$(SYSTEM_PYTHON) -m nanochat.pipeline lock $(call q,$(B)) $$PPID --stage $(1)
-# after the stage succeeded: write its stamp (record + a fresh id) atomically, and its wall time
-define finish
-$(if $(filter 0,$(NODE_RANK)),@$(SYSTEM_PYTHON) -m nanochat.pipeline finish $(call q,$(STAMPS)) $(1) $(call q,$(call record,$(1))),@true)
-endef
-step_of = $$(cat $(STAMPS)/$(1).step)
 
 # ============================================================================ user verbs
 .PHONY: help speedrun data tokenizer pretrain midtrain sft rl report chat serve status dag clean \
@@ -338,17 +489,13 @@ help: ## show verbs and variables (default goal)
 	@echo
 	@echo "Variables (current values; set on the command line or in the environment):"
 	@$(foreach v,NANOCHAT_BASE_DIR PRESET DEVICE_TYPE NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_ENDPOINT USE_LIBUV \
-	   DATA_SOURCE DATA_SHARDS VOCAB_SIZE TOK_MAX_CHARS TOK_DOC_CAP DEPTH ASPECT_RATIO HEAD_DIM MAX_SEQ_LEN \
-	   WINDOW_PATTERN TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE NUM_ITERATIONS TARGET_PARAM_DATA_RATIO EMBEDDING_LR \
-	   UNEMBEDDING_LR MATRIX_LR SCALAR_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC FP8 EVAL_TOKENS \
-	   CORE_MAX_PER_TASK MID_ITERATIONS MID_TOTAL_BATCH_SIZE MID_INIT_LR_FRAC SFT_EPOCHS SFT_ITERATIONS \
-	   SFT_INIT_LR_FRAC SFT_TARGET_EXAMPLES SFT_DEVICE_BATCH_SIZE SFT_EVAL_STEPS MID_EVAL_TOKENS CHAT_EVAL_MAX CHAT_MAX_NEW_TOKENS \
-	   RL RL_EPOCHS RL_ITERATIONS RL_EXAMPLES_PER_STEP RL_SAMPLES RL_LR_FRAC RL_MAX_NEW_TOKENS RL_TEMPERATURE RL_EVAL_EXAMPLES \
-	   RL_DEVICE_BATCH_SIZE MODEL_TAG WANDB_RUN DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS RL_ARGS TRACK_CODE \
-	   TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT PORT HOST TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
+	   WANDB_RUN RL TRACK_CODE TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT PORT HOST TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
+	@$(foreach s,$(ALL_STAGES),echo; echo "  $(s) ($(foreach c,$($(s)_cmds),$(c))): semantic, then execution-only"; \
+	   $(foreach v,$(call knobs,$(s)) $($(s)_args) $($(s)_exec),printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));))
 	@echo
-	@echo "Semantic variables make their stage (and what follows) stale; NPROC, DEVICE_BATCH_SIZE,"
-	@echo "SFT_DEVICE_BATCH_SIZE, RL_DEVICE_BATCH_SIZE, DEVICE_TYPE and WANDB_RUN never do. See README.md, 'The pipeline'."
+	@echo "A stage's semantic variables make it (and what follows) stale; NPROC, DEVICE_BATCH_SIZE,"
+	@echo "SFT_DEVICE_BATCH_SIZE, RL_DEVICE_BATCH_SIZE, DEVICE_TYPE and WANDB_RUN never do. Defaults are the"
+	@echo "scripts' own argparse defaults; a PRESET changes some. See README.md, 'The pipeline'."
 
 speedrun: $(REPORT) ## run every stage that is stale: data, tokenizer, pretrain, midtrain, sft, (rl if RL=1,) report
 data: $(call stamp,data) ## download (or build the embedded) pretraining shards
@@ -401,78 +548,6 @@ distclean: ## delete EVERYTHING under NANOCHAT_BASE_DIR and .venv (needs CONFIRM
 	@if [ "$(CONFIRM)" != yes ]; then echo "nothing deleted: rerun as \`make distclean CONFIRM=yes\`"; exit 1; fi
 	@case '$(B)' in ''|/|$(HOME)) echo "refusing to delete '$(B)'" >&2; exit 1;; esac
 	rm -rf -- '$(B)' '$(VENV)'
-
-# ============================================================================ the stages
-$(call stamp,data): $(call stale,data) | $(call deps_of,data) $(VENV_DEP)
-	$(call take_lock,data)
-	rm -f $@
-	$(PY) -m nanochat.dataset -n $(DATA_SHARDS) --source $(DATA_SOURCE) $(DATA_ARGS)
-	$(call finish,data)
-
-$(call stamp,tokenizer): $(call stale,tokenizer) | $(call deps_of,tokenizer) $(VENV_DEP)
-	$(call take_lock,tokenizer)
-	rm -f $@
-	$(PY) -m scripts.tok_train --max-chars=$(TOK_MAX_CHARS) --doc-cap=$(TOK_DOC_CAP) --vocab-size=$(VOCAB_SIZE) $(TOK_ARGS)
-	$(PY) -m scripts.tok_eval
-	$(call finish,tokenizer)
-
-$(call stamp,pretrain): $(call stale,pretrain) | $(call deps_of,pretrain) $(VENV_DEP)
-	$(call take_lock,pretrain)
-	rm -f $@ $(STAMPS)/pretrain.step
-	$(RUN_DIST) -m scripts.base_train -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
-	  --depth=$(DEPTH) --aspect-ratio=$(ASPECT_RATIO) --head-dim=$(HEAD_DIM) --max-seq-len=$(MAX_SEQ_LEN) \
-	  --window-pattern=$(WINDOW_PATTERN) --total-batch-size=$(TOTAL_BATCH_SIZE) --device-batch-size=$(DEVICE_BATCH_SIZE) \
-	  --num-iterations=$(NUM_ITERATIONS) --target-param-data-ratio=$(TARGET_PARAM_DATA_RATIO) \
-	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
-	  --scalar-lr=$(SCALAR_LR) --weight-decay=$(WEIGHT_DECAY) --warmup-ratio=$(WARMUP_RATIO) \
-	  --warmdown-ratio=$(WARMDOWN_RATIO) --final-lr-frac=$(FINAL_LR_FRAC) --eval-tokens=$(EVAL_TOKENS) \
-	  --model-tag=$(MODEL_TAG) --resume=$(call resume_mode,pretrain) --record-output=$(STAMPS)/pretrain.step $(if $(filter 1,$(FP8)),--fp8) $(BASE_ARGS)
-	$(RUN_DIST) -m scripts.base_loss -- --device-type=$(DEVICE_TYPE) --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) \
-	  --device-batch-size=$(DEVICE_BATCH_SIZE) --split-tokens=$(EVAL_TOKENS)
-	$(RUN_DIST) -m scripts.base_eval -- --device-type=$(DEVICE_TYPE) --model-tag=$(MODEL_TAG) --step=$(call step_of,pretrain) \
-	  --max-per-task=$(CORE_MAX_PER_TASK)
-	$(call finish,pretrain)
-
-$(call stamp,midtrain): $(call stale,midtrain) | $(call deps_of,midtrain) $(VENV_DEP)
-	$(call take_lock,midtrain)
-	rm -f $@ $(STAMPS)/midtrain.step
-	$(RUN_DIST) -m scripts.mid_train -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) \
-	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,pretrain) --num-iterations=$(MID_ITERATIONS) \
-	  --max-seq-len=$(MAX_SEQ_LEN) --device-batch-size=$(DEVICE_BATCH_SIZE) --total-batch-size=$(MID_TOTAL_BATCH_SIZE) \
-	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
-	  --init-lr-frac=$(MID_INIT_LR_FRAC) --eval-tokens=$(MID_EVAL_TOKENS) --resume=$(call resume_mode,midtrain) --record-output=$(STAMPS)/midtrain.step $(MID_ARGS)
-	$(RUN_DIST) -m scripts.chat_eval -- --device-type=$(DEVICE_TYPE) -i mid -g $(MODEL_TAG) -s $(call step_of,midtrain) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
-	$(call finish,midtrain)
-
-$(call stamp,sft): $(call stale,sft) | $(call deps_of,sft) $(VENV_DEP)
-	$(call take_lock,sft)
-	rm -f $@ $(STAMPS)/sft.step
-	$(RUN_DIST) -m scripts.chat_sft -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --source=mid \
-	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,midtrain) --num-epochs=$(SFT_EPOCHS) \
-	  --num-iterations=$(SFT_ITERATIONS) --device-batch-size=$(SFT_DEVICE_BATCH_SIZE) \
-	  --target-examples-per-step=$(SFT_TARGET_EXAMPLES) --eval-steps=$(SFT_EVAL_STEPS) \
-	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
-	  --init-lr-frac=$(SFT_INIT_LR_FRAC) --resume=$(call resume_mode,sft) --record-output=$(STAMPS)/sft.step $(SFT_ARGS)
-	$(RUN_DIST) -m scripts.chat_eval -- --device-type=$(DEVICE_TYPE) -i sft -g $(MODEL_TAG) -s $(call step_of,sft) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
-	$(call finish,sft)
-
-$(call stamp,rl): $(call stale,rl) | $(call deps_of,rl) $(VENV_DEP)
-	$(call take_lock,rl)
-	rm -f $@ $(STAMPS)/rl.step
-	$(RUN_DIST) -m scripts.chat_rl -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --source=sft \
-	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,sft) --num-epochs=$(RL_EPOCHS) \
-	  --num-iterations=$(RL_ITERATIONS) --examples-per-step=$(RL_EXAMPLES_PER_STEP) --num-samples=$(RL_SAMPLES) \
-	  --max-new-tokens=$(RL_MAX_NEW_TOKENS) --temperature=$(RL_TEMPERATURE) --device-batch-size=$(RL_DEVICE_BATCH_SIZE) \
-	  --embedding-lr=$(EMBEDDING_LR) --unembedding-lr=$(UNEMBEDDING_LR) --matrix-lr=$(MATRIX_LR) \
-	  --init-lr-frac=$(RL_LR_FRAC) --eval-examples=$(RL_EVAL_EXAMPLES) --resume=$(call resume_mode,rl) --record-output=$(STAMPS)/rl.step $(RL_ARGS)
-	$(RUN_DIST) -m scripts.chat_eval -- --device-type=$(DEVICE_TYPE) -i rl -g $(MODEL_TAG) -s $(call step_of,rl) -x $(CHAT_EVAL_MAX) -m $(CHAT_MAX_NEW_TOKENS)
-	$(call finish,rl)
-
-# the report: rebuilt when it is missing or any stage was rebuilt since (its stamp records their ids)
-$(REPORT): $(call stale,report) | $(call deps_of,report) $(VENV_DEP)
-	$(call take_lock,report)
-	$(if $(filter 0,$(NODE_RANK)),$(PY) -m nanochat.report generate)
-	$(call finish,report)
 
 # ============================================================================ the virtualenv
 # Content-tracked like a stage: reinstalled when pyproject.toml's content or TORCH_SPEC changes.

@@ -289,10 +289,14 @@ def load_model(source: str, device, phase: str = "eval", model_tag: str | None =
 
 # ----------------------------------------------------------------------------- compatibility & housekeeping
 
+# flags that no longer exist (and never acted): a checkpoint that recorded one is still compatible
+RETIRED_KEYS = frozenset({"scalar_lr"})
+
+
 def config_differences(saved: dict, wanted: dict) -> list[str]:
     """Human-readable differences between two semantic configs ("key: saved -> wanted")."""
     out = []
-    for k in sorted(set(saved) | set(wanted)):
+    for k in sorted((set(saved) - (RETIRED_KEYS - set(wanted))) | set(wanted)):
         a, b = saved.get(k, "(unset)"), wanted.get(k, "(unset)")
         if _norm(a) != _norm(b):
             out.append(f"{k}: {a} -> {b}")

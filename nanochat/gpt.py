@@ -520,8 +520,8 @@ class GPT(nn.Module):
     # -- optimizers
 
     def setup_optimizers(self, unembedding_lr: float = 0.004, embedding_lr: float = 0.2, matrix_lr: float = 0.02,
-                         weight_decay: float = 0.0, scalar_lr: float = 0.5, adam_betas=(0.8, 0.95)):
-        """[AdamW(lm_head, wte, scalars), Muon(block matrices)]; distributed variants when
+                         weight_decay: float = 0.0, adam_betas=(0.8, 0.95)):
+        """[AdamW(lm_head, wte), Muon(block matrices)]; distributed variants when
         torch.distributed is initialised (then do NOT wrap the model in DDP: they average grads).
 
         AdamW learning rates are scaled by (n_embd/768)^-0.5 (tuned at width 768); Muon's lr is not
@@ -530,13 +530,12 @@ class GPT(nn.Module):
         from nanochat.optim import DistAdamW, DistMuon, Muon
         scale = (self.config.n_embd / 768) ** -0.5
         matrix_params = [p for p in self.blocks.parameters() if p.dim() == 2]
-        block_scalars = [p for p in self.blocks.parameters() if p.dim() < 2]
+        # the model has no scalar parameters (parameter-free norms, no biases): the assert below
+        # catches one added without an optimizer group
         adam_groups = [
             dict(params=[self.lm_head.weight], lr=unembedding_lr * scale),
             dict(params=[self.wte.weight], lr=embedding_lr * scale),
         ]
-        if block_scalars:
-            adam_groups.append(dict(params=block_scalars, lr=scalar_lr * scale))
         n_assigned = len(matrix_params) + sum(len(g["params"]) for g in adam_groups)
         assert n_assigned == len(list(self.parameters())), "a parameter is missing from the optimizers"
         adam_kwargs = dict(betas=tuple(adam_betas), eps=1e-10, weight_decay=0.0)

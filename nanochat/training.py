@@ -92,14 +92,12 @@ def check_source_and_schedule(args) -> None:
 
 
 def add_lr_args(parser: argparse.ArgumentParser, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02,
-                weight_decay=0.0, scalar_lr: float | None = 0.5) -> None:
+                weight_decay=0.0) -> None:
     g = parser.add_argument_group("optimizer")
     g.add_argument("--embedding-lr", type=float, default=embedding_lr, help="AdamW lr of the token embedding")
     g.add_argument("--unembedding-lr", type=float, default=unembedding_lr, help="AdamW lr of lm_head")
     g.add_argument("--matrix-lr", type=float, default=matrix_lr, help="Muon lr of the block matrices")
     g.add_argument("--weight-decay", type=float, default=weight_decay, help="Muon weight decay")
-    if scalar_lr is not None:
-        g.add_argument("--scalar-lr", type=float, default=scalar_lr, help="AdamW lr of scalar parameters")
 
 
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
@@ -141,7 +139,7 @@ def check_common(args) -> None:
             raise UserError(f"--{n.replace('_', '-')}={v} must be a positive number of steps or -1 (off)")
     if args.resume_from_step < -1:
         raise UserError(f"--resume-from-step={args.resume_from_step} must be a step >= 0 (or -1)")
-    lrs = [n for n in ("embedding_lr", "unembedding_lr", "matrix_lr", "scalar_lr", "weight_decay") if hasattr(args, n)]
+    lrs = [n for n in ("embedding_lr", "unembedding_lr", "matrix_lr", "weight_decay") if hasattr(args, n)]
     check_nonnegative(args, *lrs)
 
 
@@ -273,9 +271,8 @@ def maybe_compile(ctx: RunContext, model, dynamic: bool | None = False):
 def build_optimizers(model, args, lr_frac: float = 1.0) -> list:
     """The model's optimizers from the --*-lr / --weight-decay flags (add_lr_args), every initial lr
     scaled by `lr_frac` (mid/SFT: --init-lr-frac)."""
-    extra = {"scalar_lr": args.scalar_lr} if hasattr(args, "scalar_lr") else {}
     optimizers = model.setup_optimizers(unembedding_lr=args.unembedding_lr, embedding_lr=args.embedding_lr,
-                                        matrix_lr=args.matrix_lr, weight_decay=args.weight_decay, **extra)
+                                        matrix_lr=args.matrix_lr, weight_decay=args.weight_decay)
     scale_initial_lr(optimizers, lr_frac)
     return optimizers
 

@@ -43,10 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("batch")
     g.add_argument("--device-batch-size", type=int, default=32, help="rows per micro-step per process")
     g.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step (all processes)")
-    tr.add_lr_args(p, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, weight_decay=0.0, scalar_lr=0.5)
+    # nanochat's pretraining values (karpathy/nanochat@348fbb3 scripts/base_train.py: embedding 0.3, warmdown 0.5)
+    tr.add_lr_args(p, embedding_lr=0.3, unembedding_lr=0.004, matrix_lr=0.02, weight_decay=0.0)
     g = p.add_argument_group("schedule")
     g.add_argument("--warmup-ratio", type=float, default=0.0, help="fraction of steps of linear LR warmup")
-    g.add_argument("--warmdown-ratio", type=float, default=0.2, help="fraction of steps of linear LR warmdown")
+    g.add_argument("--warmdown-ratio", type=float, default=0.5, help="fraction of steps of linear LR warmdown")
     g.add_argument("--final-lr-frac", type=float, default=0.0, help="LR multiplier reached at the last step")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-every", type=int, default=250, help="val bits-per-byte every N steps (-1 = only at the end)")
@@ -273,7 +274,7 @@ def run(ctx, args) -> None:
         "Device batch size": B, "Grad accumulation steps": accum, "Iterations": N, "Horizon from": why,
         "Training tokens": args.total_batch_size * N, "Tokens : params": round(args.total_batch_size * N / nparams["total"], 2),
         "Total training FLOPs": f"{total_flops:.4e}", "Matrix LR": args.matrix_lr, "Embedding LR": args.embedding_lr,
-        "Unembedding LR": args.unembedding_lr, "Scalar LR": args.scalar_lr, "Weight decay": args.weight_decay,
+        "Unembedding LR": args.unembedding_lr, "Weight decay": args.weight_decay,
         "Warmup / warmdown / final LR": f"{args.warmup_ratio} / {args.warmdown_ratio} / {args.final_lr_frac}",
         "Seed": args.seed,
     }

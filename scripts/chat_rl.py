@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-k", type=int, default=50, help="top-k sampling (0 = no limit)")
     g.add_argument("--device-batch-size", type=int, default=8,
                    help="rows per forward/backward pass (execution only: the gradient is the same)")
-    tr.add_lr_args(p, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, weight_decay=0.0, scalar_lr=None)
+    tr.add_lr_args(p, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, weight_decay=0.0)
     g.add_argument("--init-lr-frac", type=float, default=0.05, help="scale every initial learning rate")
     g = p.add_argument_group("evaluation / output")
     g.add_argument("--eval-every", type=int, default=60, help="pass@k every N steps (-1 = start and end only)")

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-seq-len", type=int, default=-1, help="longest conversation in tokens (-1 = the model's)")
     g.add_argument("--device-batch-size", type=int, default=4, help="conversations per micro-step per process")
     g.add_argument("--target-examples-per-step", type=int, default=32, help="conversations per optimizer step")
-    tr.add_lr_args(p, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, weight_decay=0.0, scalar_lr=None)
+    tr.add_lr_args(p, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, weight_decay=0.0)
     g.add_argument("--init-lr-frac", type=float, default=0.02, help="scale every initial learning rate")
     g = p.add_argument_group("evaluation / output")
     g.add_argument("--eval-every", type=int, default=100, help="val loss every N steps (-1 = only at the end)")

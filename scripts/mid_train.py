@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-seq-len", type=int, default=-1, help="row length (-1 = the model's sequence_len)")
     g.add_argument("--device-batch-size", type=int, default=32, help="rows per micro-step per process")
     g.add_argument("--total-batch-size", type=int, default=524288, help="tokens per optimizer step")
-    tr.add_lr_args(p, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, weight_decay=0.0, scalar_lr=None)
+    tr.add_lr_args(p, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, weight_decay=0.0)
     g.add_argument("--init-lr-frac", type=float, default=1.0, help="scale every initial learning rate")
     g = p.add_argument_group("evaluation / output")
     g.add_argument("--eval-every", type=int, default=150, help="val loss every N steps (-1 = only at the end)")

@@ -332,7 +332,7 @@ def test_status_says_which_parameter_changed(pipe):
     out = pipe.make("status", "DEPTH=6").stdout
     lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
     assert "up to date" in lines["tokenizer"] and "up to date" in lines["data"]
-    assert "depth: 4 -> 6" in out and "tag: d4 -> d6" in out
+    assert "DEPTH: 4 -> 6" in out and "MODEL_TAG: d4 -> d6" in out
     assert "STALE" in lines["midtrain"] and "upstream stage 'pretrain'" in lines["midtrain"]
     assert "up to date" in pipe.make("status").stdout.splitlines()[-1]
 
@@ -498,7 +498,7 @@ def test_rl_status_dag_redo_and_clean(pipe):
     pipe.built(RL=1)
     out = pipe.make("status", "RL=1", "RL_SAMPLES=8").stdout
     lines = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
-    assert "up to date" in lines["sft"] and "STALE" in lines["rl"] and "samples: 4 -> 8" in out
+    assert "up to date" in lines["sft"] and "STALE" in lines["rl"] and "RL_SAMPLES: 4 -> 8" in out
     assert "STALE" in lines["report"] and "upstream stage 'rl'" in lines["report"]
     assert "sft --> rl" in pipe.make("dag", "RL=1").stdout
     dry = stage_modules(pipe.make("-n", "redo-rl", "RL=1").stdout)
