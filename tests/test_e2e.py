@@ -66,6 +66,7 @@ def test_sft_change_reruns_exactly_sft_then_chat(trained_base, tmp_path):
     assert res.stdout.strip()
 
 
+@pytest.mark.slow   # fast cover: test_pipeline's rl DAG tests (fake stages) + test_chat_rl (the real chat_rl)
 def test_rl_by_hand_leaves_speedrun_up_to_date_and_rl_1_only_reports(trained_base, tmp_path):
     """The optional rl stage on the SFT model: by hand it leaves the default pipeline up to date; RL=1
     then only reassembles the report, which now has the RL sections and an RL column."""
@@ -83,6 +84,8 @@ def test_rl_by_hand_leaves_speedrun_up_to_date_and_rl_1_only_reports(trained_bas
     assert "offline substitute, not GSM8K" in report  # GSM8K train is not shipped offline: the report says so
 
 
+@pytest.mark.slow   # fast cover: test_launcher (2 ranks via torchrun_no_libuv), test_base_train (nproc=2 == 1),
+#                     test_pipeline::test_multiprocess_stages_go_through_the_launcher (make's command line)
 def test_pretrain_with_two_gloo_processes_through_the_no_libuv_launcher(trained_base, tmp_path):
     """The same stage with 2 gloo processes through the no-libuv launcher (torchrun must not see the
     scripts' flags; every rank must shut down cleanly): a new DEPTH reruns pretrain (+ its evals) only,

@@ -47,6 +47,7 @@ def test_sigkill_mid_pretrain_resumes_and_matches_reference(soak_env):
     assert any(r.startswith("pretrain@") for r in t.resumed), t  # ... and the rerun continued from it
 
 
+@pytest.mark.slow   # a whole kill + rerun; the SIGKILL-mid-pretrain trial covers the class fast
 def test_sigint_mid_midtrain_resumes_and_matches_reference(soak_env):
     t = _trial(soak_env, 1, force=("after-mid-ckpt", signal.SIGINT))
     assert t.fired and t.stage_at_kill == "midtrain", t
@@ -54,6 +55,7 @@ def test_sigint_mid_midtrain_resumes_and_matches_reference(soak_env):
     assert any(r.startswith("midtrain@") for r in t.resumed), t
 
 
+@pytest.mark.slow   # a whole kill + rerun; the SIGKILL-mid-pretrain trial covers the class fast
 def test_seeded_random_fault(soak_env):
     _trial(soak_env, 2, seed=20240601)
 
