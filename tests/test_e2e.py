@@ -48,6 +48,8 @@ def test_speedrun_tiny_runs_every_stage_and_reports(trained_base):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
+@pytest.mark.slow   # fast cover: test_pipeline::test_5_6_7_10 (SFT_EPOCHS=2 reruns exactly sft's suffix, fake
+#                     stages) and test_chat_eval::test_chat_cli_one_shot_and_interactive (the real chat CLI)
 def test_sft_change_reruns_exactly_sft_then_chat(trained_base, tmp_path):
     """An SFT-only change reruns exactly sft (+ its eval) and the report; then a person can talk to it."""
     base, micro = trained_base.copy(tmp_path / "base"), trained_base.micro
