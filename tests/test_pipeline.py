@@ -468,12 +468,13 @@ def test_rl_1_speedrun_runs_rl_after_sft_with_its_step(pipe):
     assert pipe.calls() == []
 
 
+# more rl knobs with the same expected suffix: slow (RL_SAMPLES and RL_ARGS keep the class fast)
 @pytest.mark.parametrize("change,expected", [
     ("RL_SAMPLES=8", FROM_RL),
-    ("RL_LR_FRAC=0.1", FROM_RL),
-    ("RL_TEMPERATURE=0.8", FROM_RL),
-    ("RL_EXAMPLES_PER_STEP=4", FROM_RL),
-    ("RL_ITERATIONS=5", FROM_RL),
+    pytest.param("RL_LR_FRAC=0.1", FROM_RL, marks=pytest.mark.slow),
+    pytest.param("RL_TEMPERATURE=0.8", FROM_RL, marks=pytest.mark.slow),
+    pytest.param("RL_EXAMPLES_PER_STEP=4", FROM_RL, marks=pytest.mark.slow),
+    pytest.param("RL_ITERATIONS=5", FROM_RL, marks=pytest.mark.slow),
     ("RL_ARGS=--top-k=10", FROM_RL),
     ("SFT_EPOCHS=2", ["chat_sft", "chat_eval"] + FROM_RL),
     ("DEPTH=6", FULL_RL[3:]),
