@@ -174,13 +174,13 @@ def test_3_upstream_rebuilt_alone_makes_downstream_stale_whatever_the_clock(pipe
     assert pipe.calls() == FROM_MIDTRAIN
 
 
-# GNU make 4.3's variable buffer starts at 200 bytes and doubles; whether `$(file <)`'s read crossed a
-# reallocation (and so leaked its final newline) depended on how long the text expanded before it was,
-# i.e. on the path. A sweep over 200 bytes of padding (every 13th length, 16 runs) moves that point
-# through a whole buffer length; the fast suite keeps its two ends (the shortest and the longest path)
-# and two evenly spaced lengths in between (1, 66, 131, 196: every 5th of the sweep), the same span in
-# coarser steps; `make test-all` runs the full sweep.
-NULL_BUILD_PADS = [pad if pad in (1, 66, 131, 196) else pytest.param(pad, marks=pytest.mark.slow)
+# GNU make 4.3's `$(file <)` leaked its final newline depending on buffer state, i.e. on how long the
+# text expanded before it was, i.e. on the path: a narrow band of lengths only. The sweep (every 13th
+# padding from 1 to 196, 16 runs) was run against the Makefile before the fix (6ae660b^): only pad 131
+# failed (under /tmp/pytest-of-<user>/pytest-<n>/...). The fast suite keeps 131, its neighbours 118 and
+# 144 (a longer or shorter temp-dir prefix shifts the band by a few bytes) and the range's ends, 1 and
+# 196 (the shortest and the longest path); `make test-all` runs the whole sweep.
+NULL_BUILD_PADS = [pad if pad in (1, 118, 131, 144, 196) else pytest.param(pad, marks=pytest.mark.slow)
                    for pad in range(1, 200, 13)]
 
 
