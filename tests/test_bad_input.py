@@ -273,13 +273,14 @@ def test_unknown_device_type(base):
     expect_failure(base, "scripts.base_train", *TINY_BASE, "--device-type=tpu", match="tpu")
 
 
+# the same entry point and the same one-line check per flag: two stay in the fast suite
 @pytest.mark.parametrize("flag,match", [
     ("--depth=-3", "--depth=-3"),
-    ("--eval-tokens=-512", "--eval-tokens=-512"),
-    ("--keep-last=-1", "--keep-last=-1"),
-    ("--save-every=0", "--save-every=0"),
+    pytest.param("--eval-tokens=-512", "--eval-tokens=-512", marks=pytest.mark.slow),
+    pytest.param("--keep-last=-1", "--keep-last=-1", marks=pytest.mark.slow),
+    pytest.param("--save-every=0", "--save-every=0", marks=pytest.mark.slow),
     ("--window-pattern=sssl", "--window-pattern='sssl'"),
-    ("--resume-from-step=-7", "--resume-from-step=-7"),
+    pytest.param("--resume-from-step=-7", "--resume-from-step=-7", marks=pytest.mark.slow),
 ])
 def test_base_train_bad_values(base, flag, match):
     expect_failure(base, "scripts.base_train", *TINY_BASE, "--num-iterations=4", *MODEL, flag, match=match)
@@ -360,7 +361,13 @@ BAD_SHARDS = {"truncated": (_truncated, "not a readable parquet"), "not-parquet"
               "no-text-column": (_no_text_column, "no `text` column"), "empty": (_empty, "is empty")}
 
 
-@pytest.mark.parametrize("kind", sorted(BAD_SHARDS))
+def shard_kinds(fast: str) -> list:
+    """Every kind of bad shard, all but `fast` marked slow: tests/test_dataset.py checks each kind in
+    process (fast); here one kind per entry point stays in the fast suite, `make test-all` runs all."""
+    return [k if k == fast else pytest.param(k, marks=pytest.mark.slow) for k in sorted(BAD_SHARDS)]
+
+
+@pytest.mark.parametrize("kind", shard_kinds("empty"))
 def test_dataset_source_dir_with_bad_shard(base, tmp_path, kind):
     """`make data DATA_SOURCE=<dir>` on a fresh base: the bad file is named, nothing is linked."""
     write_bad, why = BAD_SHARDS[kind]
@@ -371,7 +378,7 @@ def test_dataset_source_dir_with_bad_shard(base, tmp_path, kind):
     assert not (fresh / "base_data").exists() or not list((fresh / "base_data").glob("*.parquet"))
 
 
-@pytest.mark.parametrize("kind", sorted(BAD_SHARDS))
+@pytest.mark.parametrize("kind", shard_kinds("truncated"))
 def test_base_train_on_bad_val_shard(base, kind):
     """A damaged validation shard in base_data: training stops with the shard's name, and the existing
     checkpoints of the same tag are neither resumed into nor deleted."""

@@ -129,6 +129,7 @@ def test_chat_eval_reports_unavailable_tasks(chat_env):
     assert "not comparable" in text
 
 
+@pytest.mark.slow   # fast cover of sharded eval + all-reduce: test_core_eval::test_ddp_splits_items_and_all_reduces
 def test_chat_eval_ddp_matches_single_process(chat_env):
     base, env = chat_env
     args = ["-m", "scripts.chat_eval", "-i", "sft", "-g", "tiny", "-a", "MMLU|GSM8K", "-x", "4", "-m", "4",

