@@ -5,13 +5,17 @@
 Builds the model exactly as scripts.base_train does (meta init, setup_optimizers, the same
 compilation through GPT.compile_for_training), then runs full optimizer steps of
 --total-batch-size tokens on fresh synthetic batches with a learnable bigram map (SyntheticBatches),
-so the printed losses fall and two variants can be compared step by step. Prints: time to first step (start-up + compile), median step time, tok/s, MFU
+so the printed losses fall and two variants can be compared step by step. --inductor KEY=VALUE
+(repeatable) sets torch._inductor.config.KEY before anything compiles, e.g.
+    --inductor max_autotune_gemm=True --inductor max_autotune_gemm_backends=TRITON,ATEN
+Prints: time to first step (start-up + compile), median step time, tok/s, MFU
 (nanochat's FLOP formula, bf16 dense peak), peak memory, losses; with --profile, the CUDA time of
 one step split into kernel categories, and the top kernels. JSON line with --json FILE.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import statistics
 import time
@@ -24,6 +28,8 @@ from nanochat.common import device_name, get_peak_flops  # noqa: E402
 from nanochat.gpt import GPT, GPTConfig  # noqa: E402
 from nanochat.optim import muon_momentum  # noqa: E402
 from nanochat.training import apply_schedules  # noqa: E402
+
+T_IMPORTED = time.time()  # python + torch + nanochat imports: part of every warm start
 
 CATEGORIES = [  # first match wins; lower-case substrings of kernel names
     ("attention (flash/cuDNN/flex)", ("flash", "fmha", "cudnn", "attention", "flex", "triton_tem_fused")),
@@ -54,10 +60,39 @@ class SyntheticBatches:
 
 def categorize(name: str) -> str:
     low = name.lower()
+    # inductor's own GEMM templates (max_autotune_gemm), any epilogue fused in, are named
+    # triton_tem_fused_[ops_]mm[_ops]_N: catch them before flex attention's triton_tem_fused
+    if low.startswith("triton_tem_") and {"mm", "addmm", "bmm"} & set(low.split("_")):
+        return "matmul (inductor Triton templates)"
     for cat, keys in CATEGORIES:
         if any(k in low for k in keys):
             return cat
     return "other"
+
+
+def set_inductor_config(pairs: list[str]) -> dict:
+    """Apply --inductor KEY=VALUE pairs to torch._inductor.config (read at compile time, so this
+    must run before the first compiled call). VALUE goes through ast.literal_eval ("True", "3"),
+    else stays the raw string ("TRITON,ATEN"). Unknown keys are an error: a misspelt key would
+    otherwise leave the run a silent copy of the baseline."""
+    import torch._inductor.config as cfg
+    done = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--inductor wants KEY=VALUE, got {pair!r}")
+        try:
+            old = getattr(cfg, key)
+        except AttributeError:
+            raise SystemExit(f"--inductor: torch._inductor.config has no {key!r} (torch {torch.__version__})")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        setattr(cfg, key, value)
+        print(f"inductor config: {key} = {value!r} (was {old!r})", flush=True)
+        done[key] = value
+    return done
 
 
 def main() -> None:
@@ -77,8 +112,22 @@ def main() -> None:
     ap.add_argument("--startup", action="store_true",
                     help="split the first step's time (forward, backward, other micro-steps, optimizer) "
                          "and print torch.compile's time per compiled function")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="set torch._inductor.config.KEY before compiling (repeatable)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    inductor = set_inductor_config(args.inductor)
+    # the set-up before the first step, split (host clock; the CUDA context is created in to_empty).
+    # Importing torch._inductor.config pulls in most of dynamo/inductor (sympy, ...): a cost any
+    # compiled run pays somewhere before its first step, booked here on its own.
+    t_setup = time.time()
+    setup = {"imports": T_IMPORTED - T_START, "torch._inductor import (+ argparse)": t_setup - T_IMPORTED}
+
+    def setup_mark(name: str) -> None:
+        nonlocal t_setup
+        torch.cuda.synchronize()
+        setup[name] = time.time() - t_setup
+        t_setup = time.time()
 
     device = torch.device("cuda")
     B, T = args.batch, args.seq_len
@@ -88,6 +137,7 @@ def main() -> None:
     with torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
+    setup_mark("model on meta + CUDA init + to_empty")
     model.init_weights()
     if args.fp8:
         from nanochat.fp8 import convert_to_fp8
@@ -95,6 +145,7 @@ def main() -> None:
     if args.loss_chunk_rows > 0:
         model.loss_chunk_rows = args.loss_chunk_rows
     optimizers = model.setup_optimizers()
+    setup_mark("init_weights + optimizers")
     if args.scope == "off":
         run = model
     elif hasattr(model, "compile_for_training"):
@@ -105,8 +156,10 @@ def main() -> None:
     flops_per_token = model.estimate_flops()
     peak = get_peak_flops(device_name(device))
 
+    setup_mark("compile wrappers + data")
     phases: dict[str, float] = {}
-    print(f"set-up before the first step: {time.time() - T_START:.1f}s", flush=True)
+    print(f"set-up before the first step: {time.time() - T_START:.1f}s ("
+          + ", ".join(f"{k} {v:.1f}s" for k, v in setup.items()) + ")", flush=True)
 
     def mark(name: str, t: float) -> float:
         """With --startup, on the first step: synchronize and book the time since t under name."""
@@ -156,6 +209,10 @@ def main() -> None:
         "time_to_first_step_s": round(ttfs, 1), "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "losses": [round(v, 5) for v in losses],
     }
+    res["setup_s"] = {k: round(v, 2) for k, v in setup.items()}
+    if inductor:
+        res["inductor"] = {k: v if isinstance(v, (bool, int, float, str, type(None))) else repr(v)
+                           for k, v in inductor.items()}
     if args.startup:
         res["first_step_phases_s"] = {k: round(v, 2) for k, v in phases.items()}
         print("first step, by phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in phases.items()))
