@@ -80,7 +80,6 @@ MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
 RDZV_ENDPOINT ?=
 USE_LIBUV   ?=
-export OMP_NUM_THREADS ?= 1
 
 # torchrun-compatible launcher; ours when USE_LIBUV=0 (a torch built without libuv)
 LAUNCHER ?= $(if $(filter 0,$(USE_LIBUV)),$(PY) -m nanochat.torchrun_no_libuv,$(PY) -m torch.distributed.run)
@@ -125,6 +124,7 @@ ifeq ($(PRESET),tiny)
   SFT_ITERATIONS ?= 40
   SFT_DEVICE_BATCH_SIZE ?= $(shell echo $$(( 8 / ($(NPROC) * $(NNODES)) )))
   SFT_EVAL_STEPS ?= 8
+  SFT_METRICS_MAX ?= 200
   CHAT_EVAL_MAX ?= 20
   CHAT_MAX_NEW_TOKENS ?= 96
   RL_ITERATIONS ?= 4
@@ -380,10 +380,12 @@ SFT_ITERATIONS ?= -1
 SFT_TARGET_EXAMPLES ?= 32
 SFT_INIT_LR_FRAC ?= 0.02
 SFT_EVAL_STEPS ?= 100
+# problems per in-training MMLU/ARC-Easy accuracy (the stage's chat eval measures them again)
+SFT_METRICS_MAX ?= 1024
 SFT_DEVICE_BATCH_SIZE ?= 4
 sft_cmds := chat_sft chat_eval
 chat_sft_flags := num-epochs=SFT_EPOCHS num-iterations=SFT_ITERATIONS target-examples-per-step=SFT_TARGET_EXAMPLES \
-  init-lr-frac=SFT_INIT_LR_FRAC eval-steps=SFT_EVAL_STEPS
+  init-lr-frac=SFT_INIT_LR_FRAC eval-steps=SFT_EVAL_STEPS eval-metrics-max-problems=SFT_METRICS_MAX
 sft_args := SFT_ARGS
 SFT_ARGS ?=
 sft_exec := SFT_DEVICE_BATCH_SIZE
@@ -450,7 +452,7 @@ check_noquote = $(if $(findstring ',$($(1))),$(error $(1) must not contain a sin
 
 ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 $(foreach v,NPROC NNODES DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE MID_EVAL_TOKENS SFT_EPOCHS SFT_DEVICE_BATCH_SIZE SFT_TARGET_EXAMPLES SFT_EVAL_STEPS CHAT_MAX_NEW_TOKENS RL_EPOCHS RL_EXAMPLES_PER_STEP RL_SAMPLES RL_MAX_NEW_TOKENS RL_EVAL_EXAMPLES RL_DEVICE_BATCH_SIZE,$(call check_posint,$(v),4))
-$(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK RL_ITERATIONS,$(call check_int,$(v)))
+$(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS SFT_METRICS_MAX CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK RL_ITERATIONS,$(call check_int,$(v)))
 $(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC RL_LR_FRAC RL_TEMPERATURE,$(call check_number,$(v),0.02))
 $(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS RL_ARGS WANDB_RUN MODEL_TAG NANOCHAT_BASE_DIR,$(call check_noquote,$(v)))
 $(if $(filter 0 1,$(FP8)),,$(error FP8=$(FP8) must be 0 or 1))
@@ -472,11 +474,23 @@ rem = $(shell echo $$(( $(1) % ($(2)) )))
 $(if $(filter 0,$(call rem,$(TOTAL_BATCH_SIZE),$(DEVICE_BATCH_SIZE)*$(MAX_SEQ_LEN)*$(NPROC)*$(NNODES))),,$(error TOTAL_BATCH_SIZE=$(TOTAL_BATCH_SIZE) is not a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN x NPROC x NNODES = $(DEVICE_BATCH_SIZE) x $(MAX_SEQ_LEN) x $(NPROC) x $(NNODES): change one of them))
 $(if $(filter 0,$(call rem,$(MID_TOTAL_BATCH_SIZE),$(DEVICE_BATCH_SIZE)*$(MAX_SEQ_LEN)*$(NPROC)*$(NNODES))),,$(error MID_TOTAL_BATCH_SIZE=$(MID_TOTAL_BATCH_SIZE) is not a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN x NPROC x NNODES = $(DEVICE_BATCH_SIZE) x $(MAX_SEQ_LEN) x $(NPROC) x $(NNODES): change one of them))
 $(if $(filter 0,$(call rem,$(SFT_TARGET_EXAMPLES),$(SFT_DEVICE_BATCH_SIZE)*$(NPROC)*$(NNODES))),,$(error SFT_TARGET_EXAMPLES=$(SFT_TARGET_EXAMPLES) is not a multiple of SFT_DEVICE_BATCH_SIZE x NPROC x NNODES = $(SFT_DEVICE_BATCH_SIZE) x $(NPROC) x $(NNODES): change one of them))
+# CPU threads per process (an execution setting, in no stamp; the environment or command line wins):
+# on CPU this node's cores split over its processes, so one process gets them all (torchrun alone
+# would pin each to 1); on GPUs 1, the setting every GPU benchmark in bench/ used.
+ifndef OMP_NUM_THREADS
+  ifeq ($(DEVICE_TYPE),cpu)
+    OMP_NUM_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$(( n / $(NPROC) )); echo $$(( t > 0 ? t : 1 )))
+  else
+    OMP_NUM_THREADS := 1
+  endif
+endif
 # (only where rl can run: a process count that does not divide it must not block the other stages)
 ifneq ($(or $(filter 1,$(RL)),$(filter rl redo-rl,$(MAKECMDGOALS))),)
 $(if $(filter 0,$(call rem,$(RL_EXAMPLES_PER_STEP),$(NPROC)*$(NNODES))),,$(error RL_EXAMPLES_PER_STEP=$(RL_EXAMPLES_PER_STEP) is not a multiple of NPROC x NNODES = $(NPROC) x $(NNODES): change one of them))
 endif
 endif
+
+export OMP_NUM_THREADS
 
 # ============================================================================ user verbs
 .PHONY: help speedrun data tokenizer pretrain midtrain sft rl report chat serve status dag clean \

@@ -555,7 +555,8 @@ class GPT(nn.Module):
 
     # -- compilation
 
-    def compile_for_training(self, scope: str = "blocks", dynamic: bool | None = False) -> nn.Module:
+    def compile_for_training(self, scope: str = "blocks", dynamic: bool | None = False,
+                             backend: str = "inductor") -> nn.Module:
         """torch.compile for the training/evaluation forward (no KV cache); returns what to call.
 
         scope "blocks" (regional compilation): each Block is compiled on its own. Dynamo treats a
@@ -564,13 +565,14 @@ class GPT(nn.Module):
         norm and loss stay eager, with the loss's per-chunk math compiled by itself.
         scope "model": the whole forward as one graph (longer compile; kept for comparison).
         Either way KV-cache inference keeps using the plain modules (its Python-int cache position
-        would recompile)."""
+        would recompile). `backend` is torch.compile's (tests use "aot_eager": same tracing and
+        graph sharing, no code generation)."""
         if scope == "blocks":
-            self._compiled_blocks = [torch.compile(b, dynamic=dynamic) for b in self.blocks]
+            self._compiled_blocks = [torch.compile(b, dynamic=dynamic, backend=backend) for b in self.blocks]
             return self
         if scope == "model":
             self._prepare_attention(self.config.sequence_len)
-            return torch.compile(self, dynamic=dynamic)
+            return torch.compile(self, dynamic=dynamic, backend=backend)
         raise ValueError(f"compile scope must be 'blocks' or 'model', got {scope!r}")
 
     def _prepare_attention(self, T: int):
