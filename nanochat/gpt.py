@@ -443,6 +443,15 @@ class _ChunkedSoftcapCE(torch.autograd.Function):
 # ----------------------------------------------------------------------------- model
 
 
+class Embedding(nn.Embedding):
+    """nn.Embedding without its own N(0, 1) initialisation: GPT.init_weights owns that. Built on the
+    meta device (checkpoint_manager.model_from_config), torch's normal_ runs a Python reference that
+    imports torch._dynamo: 1.3 s of every CPU process that loads a model, for values it discards."""
+
+    def reset_parameters(self):
+        pass
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -451,11 +460,14 @@ class GPT(nn.Module):
         # per micro-step: 8192 -> 32768 gives d12 +0.5% tok/s, d20 nothing, and +4.5 GiB of peak memory
         # that d20 at device batch 32 (69 GiB) can hardly spare on an 80 GB card (bench/RESULTS.md).
         self.loss_chunk_rows = 8192
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wte = Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i, w) for i, w in enumerate(config.layer_windows()))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.rotary_len = ROTARY_LEN_FACTOR * config.sequence_len
-        cos, sin = rotary_tables(self.rotary_len, config.head_dim, device=self.wte.weight.device)
+        if self.wte.weight.device.type == "meta":   # shapes only: to_empty() computes the values
+            cos = sin = torch.empty(self.rotary_len, config.head_dim // 2, device="meta")
+        else:
+            cos, sin = rotary_tables(self.rotary_len, config.head_dim, device=self.wte.weight.device)
         # non-persistent: derived data, never in checkpoints (and rebuilt after to_empty())
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)

@@ -11,6 +11,20 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def python3_is_this_interpreter(tmp_path_factory):
+    """`python3` on PATH is the interpreter running the tests, for every subprocess: the Makefile's
+    SYSTEM_PYTHON and the fake_py stub's shebang. Hermetic (no other Python's packages), and quick: a
+    version-manager shim (pyenv's is a bash script) costs ~60 ms per call, and a stubbed `make
+    speedrun` makes two dozen of them."""
+    bindir = tmp_path_factory.mktemp("bin")
+    (bindir / "python3").symlink_to(sys.executable)
+    before = os.environ.get("PATH", "")
+    os.environ["PATH"] = str(bindir) + os.pathsep + before
+    yield
+    os.environ["PATH"] = before
+
+
 @pytest.fixture
 def base_dir(tmp_path, monkeypatch):
     """A fresh, empty NANOCHAT_BASE_DIR for this test (also exported to subprocesses)."""

@@ -316,7 +316,7 @@ def test_11_killed_stage_leaves_no_marker_and_resumes(pipe, sig):
 # ----------------------------------------------------------------------------- 12
 
 def test_12_second_make_on_same_base_dir_stops_with_a_message(pipe):
-    first = pipe.popen("speedrun", env={"FAKE_SLEEP": "tok_train:4"})
+    first = pipe.popen("speedrun", env={"FAKE_SLEEP": "tok_train:3"})
     deadline = time.time() + 20
     while "tok_train" not in pipe.calls():
         assert time.time() < deadline and first.poll() is None
