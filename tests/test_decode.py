@@ -251,7 +251,8 @@ def test_bench_decode_cpu_smoke(tmp_path, capsys):
     from bench import bench_decode
     out = tmp_path / "decode.jsonl"
     bench_decode.main(["--depth", "2", "--vocab", "512", "--new-tokens", "8", "--prompt-len", "16",
-                       "--decode-prompt-len", "8", "--batches", "1", "2", "--repeats", "1", "--out", str(out)])
+                       "--decode-prompt-len", "8", "--batches", "1", "2", "--repeats", "1", "--out", str(out),
+                       "--device-type", "cpu"])   # the CPU path, on a GPU box too
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["path"], r["batch"]) for r in rows] == [("fast", 1), ("fast", 2), ("dynamic", 1), ("dynamic", 2)]
     for r in rows:
