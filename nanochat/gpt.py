@@ -464,13 +464,12 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i, w) for i, w in enumerate(config.layer_windows()))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.rotary_len = ROTARY_LEN_FACTOR * config.sequence_len
-        if self.wte.weight.device.type == "meta":   # shapes only: to_empty() computes the values
-            cos = sin = torch.empty(self.rotary_len, config.head_dim // 2, device="meta")
-        else:
-            cos, sin = rotary_tables(self.rotary_len, config.head_dim, device=self.wte.weight.device)
-        # non-persistent: derived data, never in checkpoints (and rebuilt after to_empty())
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        # non-persistent: derived data, never in checkpoints. Shapes only here: the values come from
+        # _init_rotary (init_weights below, or to_empty() after a meta build; computing them on meta
+        # would run torch's Python references, which import torch._dynamo)
+        tables = torch.empty(self.rotary_len, config.head_dim // 2, device=self.wte.weight.device)
+        self.register_buffer("cos", tables, persistent=False)
+        self.register_buffer("sin", tables.clone(), persistent=False)
         # compile_for_training(scope="blocks") fills this with compiled views of self.blocks (a plain
         # list, so state_dict keys stay those of the plain model)
         self._compiled_blocks: list | None = None

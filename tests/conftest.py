@@ -19,10 +19,9 @@ def python3_is_this_interpreter(tmp_path_factory):
     speedrun` makes two dozen of them."""
     bindir = tmp_path_factory.mktemp("bin")
     (bindir / "python3").symlink_to(sys.executable)
-    before = os.environ.get("PATH", "")
-    os.environ["PATH"] = str(bindir) + os.pathsep + before
-    yield
-    os.environ["PATH"] = before
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", str(bindir), prepend=os.pathsep)
+        yield
 
 
 @pytest.fixture
