@@ -22,6 +22,10 @@ import time
 
 T_START = time.time()
 
+from nanochat.common import use_bytecode_cache  # noqa: E402
+
+use_bytecode_cache()  # as every `python -m scripts.X` does, before torch
+
 import torch  # noqa: E402
 
 from nanochat.common import device_name, get_peak_flops  # noqa: E402
@@ -114,9 +118,13 @@ def main() -> None:
                          "and print torch.compile's time per compiled function")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
                     help="set torch._inductor.config.KEY before compiling (repeatable)")
+    ap.add_argument("--blas", default="", choices=["", "cublas", "cublaslt"],
+                    help="torch.backends.cuda.preferred_blas_library for every matmul (default: torch's)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     inductor = set_inductor_config(args.inductor)
+    if args.blas:
+        torch.backends.cuda.preferred_blas_library(args.blas)
     # the set-up before the first step, split (host clock; the CUDA context is created in to_empty).
     # Importing torch._inductor.config pulls in most of dynamo/inductor (sympy, ...): a cost any
     # compiled run pays somewhere before its first step, booked here on its own.
@@ -210,6 +218,8 @@ def main() -> None:
         "losses": [round(v, 5) for v in losses],
     }
     res["setup_s"] = {k: round(v, 2) for k, v in setup.items()}
+    if args.blas:
+        res["blas"] = args.blas
     if inductor:
         res["inductor"] = {k: v if isinstance(v, (bool, int, float, str, type(None))) else repr(v)
                            for k, v in inductor.items()}

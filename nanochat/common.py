@@ -12,8 +12,13 @@ import os
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable, Iterator
+
+# When this process first imported nanochat: for `python -m scripts.X` that is scripts/__init__.py,
+# before torch, so "time to first step" counts the imports the way a user waits for them.
+PROCESS_START = time.time()
 
 
 # ----------------------------------------------------------------------------- errors
@@ -73,6 +78,42 @@ def get_base_dir() -> Path:
     """All outputs live under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat), created on first use."""
     raw = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
     return ensure_base_dir(raw)
+
+
+def use_bytecode_cache(probe: str = "torch") -> None:
+    """Cache Python bytecode under the base dir for this process (and those it starts) when the
+    environment forbids writing it (PYTHONDONTWRITEBYTECODE=1 or `python -B`) and the `probe`
+    package was installed without any.
+
+    Some container images do both: every process then compiles torch, sympy and the rest (~2,500
+    modules) from source again, 7.5 s of a warm d20 start on the H200 (bench/RESULTS.md, "Warm first
+    step with a bytecode cache"). The cache goes to $NANOCHAT_BASE_DIR/pycache (sys.pycache_prefix),
+    so the install itself stays as it is, which is what that setting is usually there to protect.
+    A no-op where the probe has its bytecode (pip and Nix install it; a prefix would make Python
+    ignore it and compile everything once more) and with NANOCHAT_PYCACHE=0. Helps only before
+    `import torch`: every `python -m scripts.X` calls it first (scripts/__init__.py)."""
+    import importlib.util  # (cheap: the interpreter's start-up has imported it already)
+
+    if (not sys.dont_write_bytecode or sys.implementation.cache_tag is None
+            or os.environ.get("NANOCHAT_PYCACHE", "1") == "0"):
+        return
+    spec = importlib.util.find_spec(probe)  # locates the package without importing it
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return
+    folder, name = os.path.split(spec.origin)
+    if os.path.exists(os.path.join(folder, "__pycache__", f"{name[:-3]}.{sys.implementation.cache_tag}.pyc")):
+        return  # the install has its bytecode beside the sources
+    prefix = sys.pycache_prefix or os.path.join(
+        os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat"), "pycache")
+    try:
+        os.makedirs(prefix, exist_ok=True)
+    except OSError:  # an unusable base dir is reported, in one line, where the stage first needs it
+        return
+    sys.pycache_prefix = prefix
+    sys.dont_write_bytecode = False
+    # child processes (torchrun's workers, inductor's compile pool) read the same cache; the ones
+    # that run this function write to it too
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
 
 
 def ensure_base_dir(raw: str | os.PathLike) -> Path:

@@ -38,8 +38,8 @@ import torch.distributed as dist
 
 from nanochat import checkpoint_manager as ckm
 from nanochat.resume import Resumed, resolve_resume, restore_optimizers, rng_state
-from nanochat.common import (UserError, atomic_write_text, compute_cleanup, compute_init, device_name, get_base_dir,
-                             get_peak_flops, print0)
+from nanochat.common import (PROCESS_START, UserError, atomic_write_text, compute_cleanup, compute_init, device_name,
+                             get_base_dir, get_peak_flops, print0)
 
 # flags that never change what is trained (excluded from semantic_config)
 EXECUTION_KEYS = frozenset({
@@ -222,7 +222,7 @@ def use_compile_cache() -> None:
 
 
 def init_run(args, project: str = "nanochat") -> RunContext:
-    t_start = time.time()
+    t_start = PROCESS_START  # time to first step includes the imports (torch's are seconds)
     is_ddp, rank, local_rank, world, device = compute_init(args.device_type, args.seed)
     if args.dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -155,3 +155,49 @@ def test_read_only_base_dir_is_one_line_and_exit_2(tmp_path, which):
         assert str(base) in _one_line_error(res)
     finally:
         os.chmod(ro, 0o755)
+
+
+# ----------------------------------------------------------------------------- bytecode cache
+
+def _bytecode_probe(tmp_path, *, env_extra: dict, with_pyc_beside: bool = False):
+    """Run `import scripts` (which calls use_bytecode_cache, probing a package `probepkg` installed
+    without bytecode), then import a module of that package and start a child interpreter.
+    Returns (what the process printed, the base dir)."""
+    site = tmp_path / "site"
+    (site / "probepkg").mkdir(parents=True)
+    (site / "probepkg" / "__init__.py").write_text("")
+    (site / "probepkg" / "mod.py").write_text("VALUE = 42\n")
+    if with_pyc_beside:
+        import py_compile
+        py_compile.compile(str(site / "probepkg" / "__init__.py"), doraise=True)
+    base = tmp_path / "base"
+    code = ("from nanochat.common import use_bytecode_cache; use_bytecode_cache('probepkg'); "
+            "import sys, subprocess, probepkg.mod; print(sys.pycache_prefix); "
+            "subprocess.run([sys.executable, '-c', 'import sys; print(sys.pycache_prefix)'])")
+    env = {k: v for k, v in subprocess_env(base, **env_extra).items()
+           if k not in ("PYTHONPYCACHEPREFIX", "NANOCHAT_PYCACHE")}
+    env["PYTHONPATH"] = str(site) + os.pathsep + env["PYTHONPATH"]
+    env.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.split(), base, site
+
+
+def test_bytecode_cache_goes_under_the_base_dir_when_the_install_has_none(tmp_path):
+    printed, base, site = _bytecode_probe(tmp_path, env_extra={"PYTHONDONTWRITEBYTECODE": "1"})
+    prefix = str(base / "pycache")
+    assert printed == [prefix, prefix]  # this process, and a child it starts, use the cache
+    cached = sorted(p.name for p in (base / "pycache").rglob("*.pyc"))
+    assert any(name.startswith("mod.") for name in cached), cached
+    assert not list(site.rglob("__pycache__"))  # the install itself is left as it was
+
+
+@pytest.mark.parametrize("case", ["writing allowed", "opted out", "install has bytecode"])
+def test_bytecode_cache_is_a_no_op_otherwise(tmp_path, case):
+    env_extra = {"writing allowed": {},
+                 "opted out": {"PYTHONDONTWRITEBYTECODE": "1", "NANOCHAT_PYCACHE": "0"},
+                 "install has bytecode": {"PYTHONDONTWRITEBYTECODE": "1"}}[case]
+    env_extra.setdefault("PYTHONDONTWRITEBYTECODE", "")  # empty: Python writes bytecode as usual
+    printed, base, _ = _bytecode_probe(tmp_path, env_extra=env_extra,
+                                       with_pyc_beside=case == "install has bytecode")
+    assert printed == ["None", "None"]
+    assert not (base / "pycache").exists()
