@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=65536, help="tokens per micro-step")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--backends", nargs="+", default=["cublas", "cublaslt"])
+    ap.add_argument("--variants", action="store_true", help="also time other ways to get each weight gradient")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     dev = torch.device("cuda")
@@ -56,15 +57,20 @@ def main() -> None:
         w = torch.randn(n_out, k_in, device=dev, dtype=torch.bfloat16)
         dy = torch.randn(M, n_out, device=dev, dtype=torch.bfloat16)
         ops = {"fwd x@W^T": lambda: x @ w.t(), "dgrad dy@W": lambda: dy @ w, "wgrad dy^T@x": lambda: dy.t() @ x}
+        if args.variants:  # the same weight gradient computed other ways: does cuBLAS pick a better kernel?
+            ops["wgrad^T x^T@dy"] = lambda: x.t() @ dy
+            ops["wgrad fp32 out"] = lambda: torch.mm(dy.t(), x, out_dtype=torch.float32)
+            ops["wgrad 2 halves"] = lambda: torch.cat([dy[:, :n_out // 2].t() @ x, dy[:, n_out // 2:].t() @ x])
         for op, fn in ops.items():
-            row = {"gemm": name, "op": op, "m": M, "n": n_out if op != "dgrad dy@W" else k_in, "count": count}
+            row = {"gemm": name, "op": op, "count": count}
             flops = 2 * M * k_in * n_out
             for backend in args.backends:
                 torch.backends.cuda.preferred_blas_library(backend)
                 ms = time_ms(fn, args.iters)
                 row[backend + "_ms"] = round(ms, 4)
                 row[backend + "_tflops"] = round(flops / ms / 1e9, 1)
-                totals[backend] += ms * count
+                if not op.startswith("wgrad") or op == "wgrad dy^T@x":
+                    totals[backend] += ms * count
             rows.append(row)
             print(f"{name:<14}{op:<14}" + "".join(f"{b} {row[b + '_ms']:.3f} ms {row[b + '_tflops']:6.1f} TF/s   "
                                                   for b in args.backends), flush=True)
