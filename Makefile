@@ -450,6 +450,18 @@ check_int = $(if $(call is_int,$($(1))),,$(error $(1)=$($(1)) must be an integer
 check_number = $(if $(call is_number,$($(1))),,$(error $(1)=$($(1)) must be a number (e.g. $(1)=$(2))))
 check_noquote = $(if $(findstring ',$($(1))),$(error $(1) must not contain a single quote))
 
+# CPU threads per process (an execution setting, in no stamp; the environment or command line wins):
+# on CPU this node's cores split over its processes, so one process gets them all (torchrun alone
+# would pin each to 1); on GPUs 1, the setting every GPU benchmark in bench/ used. Computed before
+# the validation so that `make help` shows it (an invalid NPROC counts as 1 here, and is refused there).
+ifndef OMP_NUM_THREADS
+  ifeq ($(DEVICE_TYPE),cpu)
+    OMP_NUM_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$(( n / $(if $(call is_posint,$(NPROC)),$(NPROC),1) )); echo $$(( t > 0 ? t : 1 )))
+  else
+    OMP_NUM_THREADS := 1
+  endif
+endif
+
 ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 $(foreach v,NPROC NNODES DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE MID_EVAL_TOKENS SFT_EPOCHS SFT_DEVICE_BATCH_SIZE SFT_TARGET_EXAMPLES SFT_EVAL_STEPS CHAT_MAX_NEW_TOKENS RL_EPOCHS RL_EXAMPLES_PER_STEP RL_SAMPLES RL_MAX_NEW_TOKENS RL_EVAL_EXAMPLES RL_DEVICE_BATCH_SIZE,$(call check_posint,$(v),4))
 $(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS SFT_METRICS_MAX CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK RL_ITERATIONS,$(call check_int,$(v)))
@@ -474,16 +486,6 @@ rem = $(shell echo $$(( $(1) % ($(2)) )))
 $(if $(filter 0,$(call rem,$(TOTAL_BATCH_SIZE),$(DEVICE_BATCH_SIZE)*$(MAX_SEQ_LEN)*$(NPROC)*$(NNODES))),,$(error TOTAL_BATCH_SIZE=$(TOTAL_BATCH_SIZE) is not a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN x NPROC x NNODES = $(DEVICE_BATCH_SIZE) x $(MAX_SEQ_LEN) x $(NPROC) x $(NNODES): change one of them))
 $(if $(filter 0,$(call rem,$(MID_TOTAL_BATCH_SIZE),$(DEVICE_BATCH_SIZE)*$(MAX_SEQ_LEN)*$(NPROC)*$(NNODES))),,$(error MID_TOTAL_BATCH_SIZE=$(MID_TOTAL_BATCH_SIZE) is not a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN x NPROC x NNODES = $(DEVICE_BATCH_SIZE) x $(MAX_SEQ_LEN) x $(NPROC) x $(NNODES): change one of them))
 $(if $(filter 0,$(call rem,$(SFT_TARGET_EXAMPLES),$(SFT_DEVICE_BATCH_SIZE)*$(NPROC)*$(NNODES))),,$(error SFT_TARGET_EXAMPLES=$(SFT_TARGET_EXAMPLES) is not a multiple of SFT_DEVICE_BATCH_SIZE x NPROC x NNODES = $(SFT_DEVICE_BATCH_SIZE) x $(NPROC) x $(NNODES): change one of them))
-# CPU threads per process (an execution setting, in no stamp; the environment or command line wins):
-# on CPU this node's cores split over its processes, so one process gets them all (torchrun alone
-# would pin each to 1); on GPUs 1, the setting every GPU benchmark in bench/ used.
-ifndef OMP_NUM_THREADS
-  ifeq ($(DEVICE_TYPE),cpu)
-    OMP_NUM_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$(( n / $(NPROC) )); echo $$(( t > 0 ? t : 1 )))
-  else
-    OMP_NUM_THREADS := 1
-  endif
-endif
 # (only where rl can run: a process count that does not divide it must not block the other stages)
 ifneq ($(or $(filter 1,$(RL)),$(filter rl redo-rl,$(MAKECMDGOALS))),)
 $(if $(filter 0,$(call rem,$(RL_EXAMPLES_PER_STEP),$(NPROC)*$(NNODES))),,$(error RL_EXAMPLES_PER_STEP=$(RL_EXAMPLES_PER_STEP) is not a multiple of NPROC x NNODES = $(NPROC) x $(NNODES): change one of them))
@@ -503,13 +505,13 @@ help: ## show verbs and variables (default goal)
 	@echo
 	@echo "Variables (current values; set on the command line or in the environment):"
 	@$(foreach v,NANOCHAT_BASE_DIR PRESET DEVICE_TYPE NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_ENDPOINT USE_LIBUV \
-	   WANDB_RUN RL TRACK_CODE TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT PORT HOST TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
+	   WANDB_RUN OMP_NUM_THREADS RL TRACK_CODE TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT PORT HOST TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
 	@$(foreach s,$(ALL_STAGES),echo; echo "  $(s) ($(foreach c,$($(s)_cmds),$(c))): semantic, then execution-only"; \
 	   $(foreach v,$(call knobs,$(s)) $($(s)_args) $($(s)_exec),printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));))
 	@echo
 	@echo "A stage's semantic variables make it (and what follows) stale; NPROC, DEVICE_BATCH_SIZE,"
-	@echo "SFT_DEVICE_BATCH_SIZE, RL_DEVICE_BATCH_SIZE, DEVICE_TYPE and WANDB_RUN never do. Defaults are the"
-	@echo "scripts' own argparse defaults; a PRESET changes some. See README.md, 'The pipeline'."
+	@echo "SFT_DEVICE_BATCH_SIZE, RL_DEVICE_BATCH_SIZE, DEVICE_TYPE, OMP_NUM_THREADS and WANDB_RUN never do. Defaults are"
+	@echo "the scripts' own argparse defaults; a PRESET changes some. See README.md, 'The pipeline'."
 
 speedrun: $(REPORT) ## run every stage that is stale: data, tokenizer, pretrain, midtrain, sft, (rl if RL=1,) report
 data: $(call stamp,data) ## download (or build the embedded) pretraining shards
