@@ -169,7 +169,9 @@ def _bytecode_probe(tmp_path, *, env_extra: dict, with_pyc_beside: bool = False)
     (site / "probepkg" / "mod.py").write_text("VALUE = 42\n")
     if with_pyc_beside:
         import py_compile
-        py_compile.compile(str(site / "probepkg" / "__init__.py"), doraise=True)
+        src = site / "probepkg" / "__init__.py"  # beside the source, whatever this process's prefix
+        py_compile.compile(str(src), cfile=str(src.parent / "__pycache__" / f"__init__.{sys.implementation.cache_tag}.pyc"),
+                           doraise=True)
     base = tmp_path / "base"
     code = ("from nanochat.common import use_bytecode_cache; use_bytecode_cache('probepkg'); "
             "import sys, subprocess, probepkg.mod; print(sys.pycache_prefix); "
