@@ -113,8 +113,9 @@ ifeq ($(PRESET),tiny)
   MAX_SEQ_LEN ?= 256
   WINDOW_PATTERN ?= L
   TOTAL_BATCH_SIZE ?= 4096
-  # split the 4096-token batch over the processes (recursive: expanded after NPROC is validated)
-  DEVICE_BATCH_SIZE ?= $(shell echo $$(( 16 / ($(NPROC) * $(NNODES)) )))
+  # split the 4096-token batch over the processes (recursive: expanded when used; all_procs is 1
+  # while NPROC or NNODES is not a number, which the validation then refuses, so `make help` still works)
+  DEVICE_BATCH_SIZE ?= $(shell echo $$(( 16 / ($(all_procs)) )))
   NUM_ITERATIONS ?= 120
   EVAL_TOKENS ?= 65536
   CORE_MAX_PER_TASK ?= 50
@@ -122,7 +123,7 @@ ifeq ($(PRESET),tiny)
   MID_TOTAL_BATCH_SIZE ?= 4096
   MID_EVAL_TOKENS ?= 32768
   SFT_ITERATIONS ?= 40
-  SFT_DEVICE_BATCH_SIZE ?= $(shell echo $$(( 8 / ($(NPROC) * $(NNODES)) )))
+  SFT_DEVICE_BATCH_SIZE ?= $(shell echo $$(( 8 / ($(all_procs)) )))
   SFT_EVAL_STEPS ?= 8
   SFT_METRICS_MAX ?= 200
   CHAT_EVAL_MAX ?= 20
@@ -449,6 +450,7 @@ check_posint = $(if $(call is_posint,$($(1))),,$(error $(1)=$($(1)) must be a po
 check_int = $(if $(call is_int,$($(1))),,$(error $(1)=$($(1)) must be an integer (-1 = automatic)))
 check_number = $(if $(call is_number,$($(1))),,$(error $(1)=$($(1)) must be a number (e.g. $(1)=$(2))))
 check_noquote = $(if $(findstring ',$($(1))),$(error $(1) must not contain a single quote))
+all_procs = $(if $(and $(call is_posint,$(NPROC)),$(call is_posint,$(NNODES))),$(NPROC) * $(NNODES),1)
 
 # CPU threads per process (an execution setting, in no stamp; the environment or command line wins):
 # on CPU this node's cores split over its processes, so one process gets them all (torchrun alone

@@ -106,7 +106,11 @@ class Tokenizer:
         If the text is too small to learn that many merges, the vocabulary comes out smaller
         (get_vocab_size() tells the truth).
         """
-        import rustbpe
+        try:
+            import rustbpe
+        except ImportError as exc:
+            raise UserError(f"the BPE trainer rustbpe cannot be imported ({exc}): install it with "
+                            "`pip install rustbpe` (the Makefile's .venv and `nix develop` have it)") from exc
         vocab_size = int(vocab_size)
         if vocab_size < MIN_VOCAB_SIZE:
             raise UserError(f"vocab size {vocab_size} is too small: it must be at least {MIN_VOCAB_SIZE} "

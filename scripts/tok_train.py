@@ -52,6 +52,7 @@ def main() -> None:
                         f"(256 byte tokens + {len(SPECIAL_TOKENS)} special tokens)")
     if args.max_chars < 1 or args.doc_cap < 1:
         raise UserError("--max-chars and --doc-cap must be positive")
+    out_dir = get_base_dir() / "tokenizer"  # an unusable base dir fails here, not after training
     print(f"training tokenizer: vocab {args.vocab_size:,}, up to {args.max_chars:,} chars, doc cap {args.doc_cap:,}",
           flush=True)
     stats = {"docs": 0, "chars": 0}
@@ -66,7 +67,7 @@ def main() -> None:
     if vocab < args.vocab_size:
         print(f"warning: the text only supported {vocab:,} tokens (asked for {args.vocab_size:,}); "
               f"use more data or a smaller --vocab-size", flush=True)
-    out = tokenizer.save(get_base_dir() / "tokenizer")
+    out = tokenizer.save(out_dir)
     print(f"saved {out}", flush=True)
 
     tb = tokenizer.token_bytes()

@@ -295,6 +295,15 @@ def test_tok_train_vocab_too_small(base):
     expect_failure(base, "scripts.tok_train", "--vocab-size=100", "--max-chars=1000", match=("--vocab-size", "100"))
 
 
+def test_tok_train_without_rustbpe_names_the_install(base, tmp_path):
+    shadow = tmp_path / "shadow"  # a rustbpe that cannot be imported, first on the path
+    shadow.mkdir()
+    (shadow / "rustbpe.py").write_text('raise ImportError("No module named \'rustbpe\'")\n')
+    pythonpath = f"{shadow}{os.pathsep}{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    expect_failure(base, "scripts.tok_train", "--vocab-size=512", "--max-chars=1000", env={"PYTHONPATH": pythonpath},
+                   match=("rustbpe", "pip install rustbpe"))
+
+
 def test_dataset_zero_shards(base):
     expect_failure(base, "nanochat.dataset", "-n", "0", "--source", "embedded", match="-n 0")
 
