@@ -76,8 +76,29 @@ def _abort_distributed() -> None:
 
 def get_base_dir() -> Path:
     """All outputs live under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat), created on first use."""
-    raw = os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
-    return ensure_base_dir(raw)
+    return ensure_base_dir(base_dir_path())
+
+
+def base_dir_path() -> str:
+    """$NANOCHAT_BASE_DIR or its default, neither checked nor created (get_base_dir does both)."""
+    return os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
+
+
+def installed_without_bytecode(package: str = "torch") -> bool:
+    """True when `package` is installed from sources with no bytecode beside them (found without
+    importing it; the interpreter's start-up has already imported importlib.util)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py") or sys.implementation.cache_tag is None:
+        return False
+    folder, name = os.path.split(spec.origin)
+    return not os.path.exists(os.path.join(folder, "__pycache__", f"{name[:-3]}.{sys.implementation.cache_tag}.pyc"))
+
+
+def bytecode_cache_dir() -> str:
+    """Where use_bytecode_cache keeps bytecode: $NANOCHAT_BASE_DIR/pycache (not created here)."""
+    return os.path.join(base_dir_path(), "pycache")
 
 
 def use_bytecode_cache(probe: str = "torch") -> None:
@@ -86,25 +107,17 @@ def use_bytecode_cache(probe: str = "torch") -> None:
     package was installed without any.
 
     Some container images do both: every process then compiles torch, sympy and the rest (~2,500
-    modules) from source again, 7.5 s of a warm d20 start on the H200 (bench/RESULTS.md, "Warm first
-    step with a bytecode cache"). The cache goes to $NANOCHAT_BASE_DIR/pycache (sys.pycache_prefix),
+    modules) from source again: 6 s of a 15 s warm d20 start on the H200 (bench/RESULTS.md, "the
+    bytecode cache in our own set-up"). The cache goes to $NANOCHAT_BASE_DIR/pycache (sys.pycache_prefix),
     so the install itself stays as it is, which is what that setting is usually there to protect.
     A no-op where the probe has its bytecode (pip and Nix install it; a prefix would make Python
     ignore it and compile everything once more) and with NANOCHAT_PYCACHE=0. Helps only before
     `import torch`: every `python -m scripts.X` calls it first (scripts/__init__.py)."""
-    import importlib.util  # (cheap: the interpreter's start-up has imported it already)
-
-    if (not sys.dont_write_bytecode or sys.implementation.cache_tag is None
-            or os.environ.get("NANOCHAT_PYCACHE", "1") == "0"):
+    if not sys.dont_write_bytecode or os.environ.get("NANOCHAT_PYCACHE", "1") == "0":
         return
-    spec = importlib.util.find_spec(probe)  # locates the package without importing it
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+    if not installed_without_bytecode(probe):
         return
-    folder, name = os.path.split(spec.origin)
-    if os.path.exists(os.path.join(folder, "__pycache__", f"{name[:-3]}.{sys.implementation.cache_tag}.pyc")):
-        return  # the install has its bytecode beside the sources
-    prefix = sys.pycache_prefix or os.path.join(
-        os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat"), "pycache")
+    prefix = sys.pycache_prefix or bytecode_cache_dir()
     try:
         os.makedirs(prefix, exist_ok=True)
     except OSError:  # an unusable base dir is reported, in one line, where the stage first needs it

@@ -132,6 +132,20 @@ def libuv_store_available() -> str:
         return f"unknown ({type(exc).__name__})"
 
 
+def bytecode_status() -> str:
+    """Where the stages get torch's Python bytecode from (nanochat.common.use_bytecode_cache)."""
+    from nanochat.common import bytecode_cache_dir, installed_without_bytecode
+
+    if not installed_without_bytecode("torch"):
+        return "installed with torch"
+    if not sys.dont_write_bytecode:
+        return "written beside torch's sources on its first import"
+    if os.environ.get("NANOCHAT_PYCACHE", "1") == "0":
+        return ("NOT cached (PYTHONDONTWRITEBYTECODE=1, NANOCHAT_PYCACHE=0): every process compiles torch "
+                "from source, seconds of each start")
+    return f"cached by the stages under {bytecode_cache_dir()} (PYTHONDONTWRITEBYTECODE=1 and torch ships none)"
+
+
 def compiled_arch_list(torch) -> list[str]:
     """torch.cuda.get_arch_list(), but also without a usable GPU (that one then returns [])."""
     flags = getattr(torch._C, "_cuda_getArchFlags", None)
@@ -240,6 +254,7 @@ def render(info: dict, brief: bool) -> list[str]:
                 lines.append(f"  libcuda loaded from: {info.get('libcuda') or '?'}")
                 lines.append(f"  cuDNN: {info.get('cudnn')}; NCCL: {info.get('nccl')}")
                 lines.append(f"  window attention: {info.get('window_kernel')}")
+            lines.append(f"  Python bytecode for torch: {bytecode_status()}")
             lines.append(f"  libuv TCPStore backend: {libuv_store_available()} "
                          f"(USE_LIBUV={os.environ.get('USE_LIBUV', '<unset>')}; without libuv launch "
                          f"with `python -m nanochat.torchrun_no_libuv`)")

@@ -234,9 +234,30 @@ def test_doctor_full_and_strict_exit_codes():
     full = subprocess.run([sys.executable, "-m", "nanochat.doctor"], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, timeout=120)
     assert full.returncode == 0 and "libuv TCPStore backend" in full.stdout
+    assert "Python bytecode for torch: " in full.stdout
     strict = subprocess.run([sys.executable, "-m", "nanochat.doctor", "--strict"], cwd=ROOT,
                             env=_env(), capture_output=True, text=True, timeout=120)
     assert strict.returncode == (1 if "WARNING" in strict.stdout else 0), strict.stdout
+
+
+@pytest.mark.parametrize("missing,no_write,opt_out,expect", [
+    (False, True, "1", "installed with torch"),
+    (True, False, "1", "written beside"),
+    (True, True, "0", "NOT cached"),
+    (True, True, "1", "cached by the stages under"),
+])
+def test_doctor_says_where_torchs_bytecode_comes_from(monkeypatch, tmp_path, missing, no_write, opt_out, expect):
+    import nanochat.common
+    from nanochat.doctor import bytecode_status
+
+    monkeypatch.setattr(nanochat.common, "installed_without_bytecode", lambda package="torch": missing)
+    monkeypatch.setattr(sys, "dont_write_bytecode", no_write)
+    monkeypatch.setenv("NANOCHAT_PYCACHE", opt_out)
+    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
+    status = bytecode_status()
+    assert status.startswith(expect) or expect in status, status
+    if expect.startswith("cached"):
+        assert str(tmp_path / "pycache") in status
 
 
 def test_doctor_rules():
