@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
+
+from bench.cuda_timing import cuda_median_ms
 
 
 def linear_shapes(depth: int, vocab: int, aspect: int = 64, head_dim: int = 128) -> list[tuple[str, int, int, int]]:
@@ -23,20 +24,6 @@ def linear_shapes(depth: int, vocab: int, aspect: int = 64, head_dim: int = 128)
     dim = -(-depth * aspect // head_dim) * head_dim
     return [("attn q/k/v/o", dim, dim, 4 * depth), ("mlp c_fc", dim, 4 * dim, depth),
             ("mlp c_proj", 4 * dim, dim, depth), ("lm_head", dim, vocab, 1)]
-
-
-def time_ms(fn, iters: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -66,7 +53,7 @@ def main() -> None:
             flops = 2 * M * k_in * n_out
             for backend in args.backends:
                 torch.backends.cuda.preferred_blas_library(backend)
-                ms = time_ms(fn, args.iters)
+                ms = cuda_median_ms(fn, args.iters)
                 row[backend + "_ms"] = round(ms, 4)
                 row[backend + "_tflops"] = round(flops / ms / 1e9, 1)
                 if not op.startswith("wgrad") or op == "wgrad dy^T@x":

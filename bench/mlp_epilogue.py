@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from types import SimpleNamespace
 
 import torch
 
+from bench.cuda_timing import cuda_median_ms
 from bench.profile_step import set_inductor_config
 from nanochat.gpt import MLP
 
@@ -53,17 +53,7 @@ def main() -> None:
     it()
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - t0
-    for _ in range(3):
-        it()
-    times = []
-    for _ in range(args.iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        it()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    ms = statistics.median(times)
+    ms = cuda_median_ms(it, args.iters)
 
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
