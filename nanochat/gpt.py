@@ -19,7 +19,8 @@ Measured (torch 2.11, bf16 autocast, d20, device batch 32, 524,288 tokens per st
 bench/RESULTS.md): on one H100, "SSSL" 168K tok/s (51.2% MFU) with cuDNN's window kernel, "L" 159K
 (52.0%); with --fp8 184K / 176K (56.0% / 57.7%, measured before the bf16 residual stream). On one
 H200, same code: SSSL 174K (52.8%), L 171K (55.9%), SSSL --fp8 203K (61.5%). Time to the first
-step at d20, cold compile cache: 22-41 s (whole-model compile: 104-182 s).
+step at d20, imports included, on the H200: 18-24 s with a cold compile cache, 9 s warm (whole-model
+compile, H100: 104-182 s).
 
 Training with torch.compile: GPT.compile_for_training compiles each block on its own (regional
 compilation: blocks with the same window share one graph, so compile time does not grow with depth);
