@@ -101,6 +101,17 @@ def bytecode_cache_dir() -> str:
     return os.path.join(base_dir_path(), "pycache")
 
 
+def bytecode_source(probe: str = "torch") -> str:
+    """Where this interpreter gets `probe`'s bytecode: "installed" (beside its sources), "written"
+    (Python writes it there on first import), "cache" (use_bytecode_cache keeps it under the base
+    dir) or "none" (writing forbidden and NANOCHAT_PYCACHE=0: compiled from source every time)."""
+    if not installed_without_bytecode(probe):
+        return "installed"
+    if not sys.dont_write_bytecode:
+        return "written"
+    return "none" if os.environ.get("NANOCHAT_PYCACHE", "1") == "0" else "cache"
+
+
 def use_bytecode_cache(probe: str = "torch") -> None:
     """Cache Python bytecode under the base dir for this process (and those it starts) when the
     environment forbids writing it (PYTHONDONTWRITEBYTECODE=1 or `python -B`) and the `probe`
@@ -113,9 +124,7 @@ def use_bytecode_cache(probe: str = "torch") -> None:
     A no-op where the probe has its bytecode (pip and Nix install it; a prefix would make Python
     ignore it and compile everything once more) and with NANOCHAT_PYCACHE=0. Helps only before
     `import torch`: every `python -m scripts.X` calls it first (scripts/__init__.py)."""
-    if not sys.dont_write_bytecode or os.environ.get("NANOCHAT_PYCACHE", "1") == "0":
-        return
-    if not installed_without_bytecode(probe):
+    if not sys.dont_write_bytecode or bytecode_source(probe) != "cache":  # (the first test is the cheap one)
         return
     prefix = sys.pycache_prefix or bytecode_cache_dir()
     try:

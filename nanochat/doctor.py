@@ -134,16 +134,15 @@ def libuv_store_available() -> str:
 
 def bytecode_status() -> str:
     """Where the stages get torch's Python bytecode from (nanochat.common.use_bytecode_cache)."""
-    from nanochat.common import bytecode_cache_dir, installed_without_bytecode
+    from nanochat.common import bytecode_cache_dir, bytecode_source
 
-    if not installed_without_bytecode("torch"):
-        return "installed with torch"
-    if not sys.dont_write_bytecode:
-        return "written beside torch's sources on its first import"
-    if os.environ.get("NANOCHAT_PYCACHE", "1") == "0":
-        return ("NOT cached (PYTHONDONTWRITEBYTECODE=1, NANOCHAT_PYCACHE=0): every process compiles torch "
-                "from source, seconds of each start")
-    return f"cached by the stages under {bytecode_cache_dir()} (PYTHONDONTWRITEBYTECODE=1 and torch ships none)"
+    return {
+        "installed": "installed with torch",
+        "written": "written beside torch's sources on its first import",
+        "none": ("NOT cached (PYTHONDONTWRITEBYTECODE=1, NANOCHAT_PYCACHE=0): every process compiles torch "
+                 "from source, seconds of each start"),
+        "cache": f"cached by the stages under {bytecode_cache_dir()} (PYTHONDONTWRITEBYTECODE=1 and torch ships none)",
+    }[bytecode_source("torch")]
 
 
 def compiled_arch_list(torch) -> list[str]:

@@ -221,8 +221,14 @@ def use_compile_cache() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(get_base_dir() / "compile_cache"))
 
 
+_runs_started = 0  # init_run calls in this process: only the first one waited for the imports
+
+
 def init_run(args, project: str = "nanochat") -> RunContext:
-    t_start = PROCESS_START  # time to first step includes the imports (torch's are seconds)
+    global _runs_started
+    # time to first step counts the imports (torch's are seconds) for the process's first run
+    t_start = PROCESS_START if _runs_started == 0 else time.time()
+    _runs_started += 1
     is_ddp, rank, local_rank, world, device = compute_init(args.device_type, args.seed)
     if args.dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
