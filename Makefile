@@ -113,8 +113,8 @@ ifeq ($(PRESET),tiny)
   MAX_SEQ_LEN ?= 256
   WINDOW_PATTERN ?= L
   TOTAL_BATCH_SIZE ?= 4096
-  # split the 4096-token batch over the processes (recursive: expanded when used; all_procs is 1
-  # while NPROC or NNODES is not a number, which the validation then refuses, so `make help` still works)
+  # split the 4096-token batch over the processes (recursive: expanded when used, after all_procs
+  # is defined)
   DEVICE_BATCH_SIZE ?= $(shell echo $$(( 16 / ($(all_procs)) )))
   NUM_ITERATIONS ?= 120
   EVAL_TOKENS ?= 65536
@@ -450,15 +450,18 @@ check_posint = $(if $(call is_posint,$($(1))),,$(error $(1)=$($(1)) must be a po
 check_int = $(if $(call is_int,$($(1))),,$(error $(1)=$($(1)) must be an integer (-1 = automatic)))
 check_number = $(if $(call is_number,$($(1))),,$(error $(1)=$($(1)) must be a number (e.g. $(1)=$(2))))
 check_noquote = $(if $(findstring ',$($(1))),$(error $(1) must not contain a single quote))
-all_procs = $(if $(and $(call is_posint,$(NPROC)),$(call is_posint,$(NNODES))),$(NPROC) * $(NNODES),1)
+# process counts for parse-time arithmetic: 1 while NPROC / NNODES is not a number (the validation
+# below refuses it; `make help` must still print)
+node_procs = $(if $(call is_posint,$(NPROC)),$(NPROC),1)
+all_procs = $(node_procs) * $(if $(call is_posint,$(NNODES)),$(NNODES),1)
 
 # CPU threads per process (an execution setting, in no stamp; the environment or command line wins):
 # on CPU this node's cores split over its processes, so one process gets them all (torchrun alone
 # would pin each to 1); on GPUs 1, the setting every GPU benchmark in bench/ used. Computed before
-# the validation so that `make help` shows it (an invalid NPROC counts as 1 here, and is refused there).
+# the validation so that `make help` shows it.
 ifndef OMP_NUM_THREADS
   ifeq ($(DEVICE_TYPE),cpu)
-    OMP_NUM_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$(( n / $(if $(call is_posint,$(NPROC)),$(NPROC),1) )); echo $$(( t > 0 ? t : 1 )))
+    OMP_NUM_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$(( n / $(node_procs) )); echo $$(( t > 0 ? t : 1 )))
   else
     OMP_NUM_THREADS := 1
   endif

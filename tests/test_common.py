@@ -160,9 +160,9 @@ def test_read_only_base_dir_is_one_line_and_exit_2(tmp_path, which):
 # ----------------------------------------------------------------------------- bytecode cache
 
 def _bytecode_probe(tmp_path, *, env_extra: dict, with_pyc_beside: bool = False):
-    """Run `import scripts` (which calls use_bytecode_cache, probing a package `probepkg` installed
-    without bytecode), then import a module of that package and start a child interpreter.
-    Returns (what the process printed, the base dir)."""
+    """In a fresh interpreter, call use_bytecode_cache with a package `probepkg` installed without
+    bytecode (or with, if with_pyc_beside) as the probe, import a module of it and start a child
+    interpreter; both print their sys.pycache_prefix. Returns (the printed words, base dir, site dir)."""
     site = tmp_path / "site"
     (site / "probepkg").mkdir(parents=True)
     (site / "probepkg" / "__init__.py").write_text("")
