@@ -80,9 +80,8 @@ _CUDNN_WINDOW: list = []  # [the op or None] once looked up
 def cudnn_window_sdpa():
     """cuDNN's own sliding-window attention (the torch op of NVIDIA's cudnn frontend, the optional
     `nvidia-cudnn-frontend` package), or None where that package is not installed or does not load.
-    H100, d20 shape (B 32, H 10, T 2048, hd 128, window 1024), forward + backward: 2.72 ms against
-    FlexAttention's 3.22 ms (bench/window_attention.py). Looked up once, eagerly (GPT.forward does
-    it before any compiled block runs: an import inside a Dynamo trace would break the graph)."""
+    Preferred over FlexAttention because it is faster (bench/RESULTS.md). Looked up once, eagerly
+    (GPT.forward does it before any compiled block runs: an import inside a trace breaks the graph)."""
     if not _CUDNN_WINDOW:
         try:
             from cudnn.sdpa.fwd.torch_op import sdpa
@@ -122,9 +121,8 @@ _flex_compiled = CompiledOutsideTrace(flex_attention) if HAS_FLEX else None
 
 def inference_sdpa():
     """Context for KV-cache inference: SDPA may use every back end but cuDNN's. Each decode step
-    has a new key length, and cuDNN's SDPA builds an execution plan per new shape (tens to hundreds
-    of ms each, as public cuDNN reports measure), which fits the ~40 ms per decoded token the tiny
-    model showed on the H100 (bench/RESULTS.md). Flash / memory-efficient kernels need no plan."""
+    has a new key length, and cuDNN's SDPA builds a costly execution plan per new shape
+    (bench/RESULTS.md); flash / memory-efficient kernels need no plan."""
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
