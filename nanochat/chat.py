@@ -10,6 +10,7 @@
 over two tokens is held back until it is complete) and splits the answer into segments at the
 calculator markers, so a front end can show a tool call apart from the prose. `Chat` is the
 terminal's stateful conversation (history, oldest exchanges dropped when the context is full).
+`check_sampling` is the one range check for temperature/top-k, for both front ends.
 """
 from __future__ import annotations
 
@@ -21,6 +22,39 @@ from dataclasses import dataclass
 _ROTARY_FACTOR_FALLBACK = 10
 # tokens kept free for the answer when the terminal chat trims its history to fit
 ANSWER_RESERVE = 64
+
+
+MAX_TEMPERATURE = 2.0
+# below 0.01 a positive temperature only reorders near-ties while pushing logits/T toward float overflow
+# (inf/nan probabilities): 0, greedy, says what is meant
+MIN_TEMPERATURE = 0.01
+
+
+def _shown(v) -> str:
+    """A refused value for a one-line error (containers by kind: they may be huge or deeply nested)."""
+    if isinstance(v, (list, tuple)):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return repr(v)[:40] if isinstance(v, str) else str(v)[:40]
+
+
+def check_sampling(temperature, top_k, vocab_size: int | None = None,
+                   names: tuple[str, str] = ("temperature", "top_k")) -> tuple[float, int]:
+    """The sampling settings the engine can honour -> (temperature, top_k); ValueError naming the valid range.
+
+    The one check for the web chat's request fields and the terminal chat's flags (`names` are how each
+    front end spells them). top_k 0 = no limit; `vocab_size`, when known, bounds it."""
+    t_name, k_name = names
+    if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+            or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE)):  # NaN fails too
+        raise ValueError(f"{t_name} must be 0 (greedy) or a number from {MIN_TEMPERATURE:g} to "
+                         f"{MAX_TEMPERATURE:g}, got {_shown(temperature)}")
+    k_range = f"from 0 (no limit) to {vocab_size}" if vocab_size else ">= 0 (0 = no limit)"
+    if (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0
+            or (vocab_size and top_k > vocab_size)):
+        raise ValueError(f"{k_name} must be an integer {k_range}, got {_shown(top_k)}")
+    return float(temperature), top_k
 
 
 def model_positions(model) -> int | None:
