@@ -30,7 +30,7 @@ MAX_TEMPERATURE = 2.0
 MIN_TEMPERATURE = 0.01
 
 
-def _shown(v) -> str:
+def describe_value(v) -> str:
     """A refused value for a one-line error (containers by kind: they may be huge or deeply nested)."""
     if isinstance(v, (list, tuple)):
         return "a list"
@@ -49,11 +49,11 @@ def check_sampling(temperature, top_k, vocab_size: int | None = None,
     if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
             or not (temperature == 0 or MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE)):  # NaN fails too
         raise ValueError(f"{t_name} must be 0 (greedy) or a number from {MIN_TEMPERATURE:g} to "
-                         f"{MAX_TEMPERATURE:g}, got {_shown(temperature)}")
+                         f"{MAX_TEMPERATURE:g}, got {describe_value(temperature)}")
     k_range = f"from 0 (no limit) to {vocab_size}" if vocab_size else ">= 0 (0 = no limit)"
     if (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0
             or (vocab_size and top_k > vocab_size)):
-        raise ValueError(f"{k_name} must be an integer {k_range}, got {_shown(top_k)}")
+        raise ValueError(f"{k_name} must be an integer {k_range}, got {describe_value(top_k)}")
     return float(temperature), top_k
 
 

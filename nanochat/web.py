@@ -9,7 +9,14 @@ Concurrency: `ThreadingHTTPServer` gives every connection a thread. A bounded se
 (`--max-concurrent`) admits completion requests; one more gets 429 at once. An admitted request
 waits for a free model copy in a queue (`WorkerPool`, one copy per GPU), so N GPUs answer N
 conversations at the same time. The slot is taken before the body is read, so slow uploads count
-too (and a socket timeout bounds them).
+too: each read may stall at most `--request-timeout`, and the whole request (headers + body) must
+arrive within `--request-deadline`, else 408 and the slot is free again.
+
+Who may ask: only the server's own names (`Host`: the bound address, the loopback names when bound
+to loopback, any IP address and this machine's name when bound to all interfaces, plus each
+`--allowed-host`), else 421, which stops DNS rebinding; a request from another site's page (a
+cross-origin `Origin`) gets 403; a completion must be `Content-Type: application/json` (415
+otherwise), which a page can only send to another origin after a CORS preflight we never grant.
 
 Every refusal is a JSON `{"error": "..."}` with a 4xx status; the server never sends a traceback.
 SIGINT/SIGTERM stop accepting, let streams end at their next token (finish_reason "shutdown"), and
@@ -17,6 +24,9 @@ exit 0.
 """
 from __future__ import annotations
 
+import io
+import ipaddress
+import itertools
 import json
 import math
 import queue
@@ -30,15 +40,24 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
+from urllib.parse import urlsplit
 
-from nanochat.chat import Reply, model_positions
+from nanochat.chat import Reply, describe_value, check_sampling, model_positions
 
 KNOWN_FIELDS = {"messages", "temperature", "top_k", "max_tokens", "seed"}
 IGNORED_FIELDS = {"model", "stream"}       # sent by OpenAI-style clients; we always stream
 ROLES = {"system", "user", "assistant"}
 PART_TYPES = {"text", "python", "python_output"}
-MAX_TEMPERATURE = 2.0
 SHUTDOWN_GRACE_S = 10.0
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+# http.server's own log_message escapes these since gh-100001 (Python 3.12, 3.11 bugfix releases): ours does too
+_LOG_ESCAPES = str.maketrans({**{c: rf"\x{c:02x}" for c in itertools.chain(range(0x20), range(0x7f, 0xa0))},
+                              ord("\\"): r"\\"})
+
+
+def log(line: str) -> None:
+    """One line on stderr, control characters escaped (a request line may carry terminal escapes)."""
+    sys.stderr.write(f"web: {line.translate(_LOG_ESCAPES)}\n")
 
 
 class RequestError(Exception):
@@ -60,8 +79,8 @@ class Limits:
 
     @property
     def max_body_bytes(self) -> int:
-        # JSON may escape every character as \uXXXX (6 bytes), plus room for the other fields
-        return 6 * self.max_chars + 65536
+        # JSON may escape a character as 12 bytes (an astral one as two \uXXXX surrogates), plus the other fields
+        return 12 * self.max_chars + 65536
 
 
 @dataclass
@@ -82,7 +101,7 @@ def _number_field(payload: dict, key: str, default, lo, hi, integer: bool):
     v = payload[key]
     kind = "an integer" if integer else "a number"
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-        raise RequestError(400, f"{key} must be {kind} from {lo} to {hi}, got {json.dumps(v)[:40]}")
+        raise RequestError(400, f"{key} must be {kind} from {lo} to {hi}, got {describe_value(v)}")
     if (isinstance(v, float) and not math.isfinite(v)) or not lo <= v <= hi:
         raise RequestError(400, f"{key} must be {kind} from {lo} to {hi}, got {v}")
     return v
@@ -93,8 +112,8 @@ def _check_message(i: int, m) -> int:
     if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
         raise RequestError(400, f"message {i} must be an object with exactly 'role' and 'content'")
     role, content = m["role"], m["content"]
-    if role not in ROLES:
-        raise RequestError(400, f"message {i} has role {json.dumps(role)[:40]}: use system, user or assistant")
+    if not isinstance(role, str) or role not in ROLES:
+        raise RequestError(400, f"message {i} has role {describe_value(role)}: use system, user or assistant")
     if isinstance(content, str):
         if role != "assistant" and not content.strip():
             raise RequestError(400, f"message {i} ({role}) is empty: type something")
@@ -118,6 +137,9 @@ def parse_chat_request(body: bytes, tokenizer, limits: Limits) -> ChatRequest:
         payload = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise RequestError(400, f"the request body is not valid JSON ({str(exc)[:80]})") from None
+    except RecursionError:
+        raise RequestError(400, "the request body is nested too deeply: send a flat {\"messages\": [...]} object") \
+            from None
     if not isinstance(payload, dict):
         raise RequestError(400, "the request body must be a JSON object with a 'messages' list")
     unknown = sorted(set(payload) - KNOWN_FIELDS - IGNORED_FIELDS)
@@ -134,8 +156,12 @@ def parse_chat_request(body: bytes, tokenizer, limits: Limits) -> ChatRequest:
     if chars > limits.max_chars:
         raise RequestError(413, f"the conversation has {chars} characters, more than this server's limit of "
                                 f"{limits.max_chars} (--max-chars): start a new conversation")
-    temperature = float(_number_field(payload, "temperature", limits.temperature, 0.0, MAX_TEMPERATURE, False))
-    top_k = _number_field(payload, "top_k", limits.top_k, 0, limits.vocab_size, True)
+    try:
+        temperature, top_k = check_sampling(
+            limits.temperature if payload.get("temperature") is None else payload["temperature"],
+            limits.top_k if payload.get("top_k") is None else payload["top_k"], limits.vocab_size)
+    except ValueError as exc:
+        raise RequestError(400, str(exc)) from None
     max_tokens = _number_field(payload, "max_tokens", limits.max_tokens, 1, limits.max_tokens, True)
     seed = _number_field(payload, "seed", None, 0, 2**63 - 1, True)
     try:
@@ -188,6 +214,74 @@ class WorkerPool:
         self._free.put(worker)
 
 
+# ----------------------------------------------------------------------------- who may ask
+
+def host_name(value: str) -> str:
+    """A Host header or --allowed-host value -> its name: lower case, without port, brackets or final dot."""
+    v = value.strip().lower()
+    if v.startswith("["):
+        v = v[1:].split("]", 1)[0]
+    elif v.count(":") == 1:  # name:port (a bare IPv6 address has more colons)
+        v = v.split(":", 1)[0]
+    return v.rstrip(".")
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+class HostPolicy:
+    """The names this server answers to: what it is bound to, plus each --allowed-host (a reverse proxy's).
+
+    Any IP address is fine when bound to all interfaces: DNS rebinding needs a name to re-point."""
+
+    def __init__(self, bound: str, allowed: list[str] = ()):
+        b = host_name(bound)
+        self.extra = {host_name(h) for h in allowed} - {""}
+        self.any_ip = b in ("", "0.0.0.0", "::")
+        names = {b} | self.extra
+        if self.any_ip:
+            names |= LOOPBACK_NAMES | {socket.gethostname().lower()}
+        elif b == "localhost" or (_is_ip(b) and ipaddress.ip_address(b).is_loopback):
+            names |= LOOPBACK_NAMES
+        self.names = names - {"", "0.0.0.0", "::"}
+
+    def allows(self, name: str) -> bool:
+        return name in self.names or (self.any_ip and _is_ip(name))
+
+    def describe(self) -> str:
+        return ", ".join(sorted(self.names)) + (" or any IP address" if self.any_ip else "")
+
+
+class DeadlineReader(io.RawIOBase):
+    """A connection's reads: each may stall `per_read` seconds, and none runs past `deadline` (monotonic),
+    so a client trickling a byte at a time cannot hold its thread and slot for longer than that."""
+
+    def __init__(self, sock: socket.socket, per_read: float, deadline: float):
+        self.sock, self.per_read, self.deadline = sock, per_read, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request did not arrive within --request-deadline")
+            self.sock.settimeout(min(self.per_read, left))
+        return self.sock.recv_into(buf)
+
+    def finish(self) -> None:
+        """The request is in (or refused): the reply's writes get the per-read timeout, not what was left."""
+        if self.deadline is not None:
+            self.deadline = None
+            self.sock.settimeout(self.per_read)
+
+
 # ----------------------------------------------------------------------------- server
 
 def load_page() -> bytes:
@@ -198,12 +292,14 @@ class ChatServer(ThreadingHTTPServer):
     daemon_threads = True      # a stuck client never keeps the process alive
     allow_reuse_address = True
 
-    def __init__(self, address, request_timeout: float = 30.0):
+    def __init__(self, address, request_timeout: float = 30.0, request_deadline: float = 60.0,
+                 allowed_hosts: list[str] = ()):
         """Binds at once (a port in use fails before any model is loaded); `attach` the models before
         `serve_forever`."""
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.request_timeout = request_timeout
+        self.request_timeout, self.request_deadline = request_timeout, request_deadline
+        self.hosts = HostPolicy(address[0], allowed_hosts)
         self.stopping = threading.Event()
         self.page = load_page()
         self._lock = threading.Lock()
@@ -244,8 +340,16 @@ class ChatHandler(BaseHTTPRequestHandler):
     # HTTP/1.0: one request per connection, a stream simply ends when the connection closes
 
     def setup(self):
-        self.timeout = self.server.request_timeout  # bounds reads of a stalled client
+        self.timeout = self.server.request_timeout  # bounds each read (and write) of a stalled client
         super().setup()
+        self.rfile.close()  # reads go through the deadline instead (closing drops the socket's reference)
+        self.reader = DeadlineReader(self.connection, self.server.request_timeout,
+                                     time.monotonic() + self.server.request_deadline)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def send_response(self, code, message=None):
+        self.reader.finish()
+        super().send_response(code, message)
 
     # -- responses
 
@@ -275,11 +379,38 @@ class ChatHandler(BaseHTTPRequestHandler):
         self._json(code, {"error": message or phrase})
 
     def log_message(self, format, *args):
-        sys.stderr.write(f"web: {self.address_string()} {format % args}\n")
+        log(f"{self.address_string()} {format % args}")
+
+    # -- who may ask
+
+    def _refusal(self) -> RequestError | None:
+        """A request from a name this server is not, or from another site's page: why it is refused."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            return RequestError(400, "send one Host header")
+        host = hosts[0].strip() if hosts else ""  # none: an HTTP/1.0 tool (browsers always send one)
+        policy = self.server.hosts
+        if host and not policy.allows(host_name(host)):
+            return RequestError(421, f"this server answers to {policy.describe()}, not Host {describe_value(host)}: "
+                                     f"open it by one of those, or start it with --allowed-host "
+                                     f"{describe_value(host_name(host))} if a proxy serves it under that name")
+        origin = self.headers.get("Origin")
+        if origin is not None:
+            parts = urlsplit(origin.strip())
+            same = parts.scheme in ("http", "https") and parts.netloc and (
+                parts.netloc.lower() == host.lower() or host_name(parts.netloc) in policy.extra)
+            if not same:
+                return RequestError(403, f"cross-origin request from {describe_value(origin)} refused: use the "
+                                         f"page this server serves (a proxy's public name needs --allowed-host)")
+        return None
 
     # -- routing
 
     def do_GET(self):
+        refused = self._refusal()
+        if refused:
+            self._json(refused.status, {"error": refused.message})
+            return
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             self._send(200, self.server.page, "text/html; charset=utf-8", {"Content-Security-Policy": _CSP})
@@ -292,6 +423,16 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         path = self.path.split("?", 1)[0]
+        refused = self._refusal()
+        if refused is None and path == "/chat/completions":
+            ctype = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+            if ctype != "application/json":
+                refused = RequestError(415, f"send the body as JSON with Content-Type: application/json "
+                                            f"(got {describe_value(ctype) if ctype else 'none'})")
+        if refused:
+            self._drain_body()
+            self._json(refused.status, {"error": refused.message})
+            return
         if path != "/chat/completions":
             if path in ("/", "/index.html", "/health"):
                 self._json(405, {"error": f"use GET for {path}"}, {"Allow": "GET"})
@@ -313,7 +454,7 @@ class ChatHandler(BaseHTTPRequestHandler):
         except socket.timeout:
             self.close_connection = True
         except Exception as exc:  # never a traceback to the client; one line for the operator
-            sys.stderr.write(f"web: internal error: {exc.__class__.__name__}: {exc}\n")
+            log(f"internal error: {exc.__class__.__name__}: {exc}")
             try:
                 self._json(500, {"error": f"internal error ({exc.__class__.__name__}): see the server log"})
             except OSError:
@@ -343,9 +484,14 @@ class ChatHandler(BaseHTTPRequestHandler):
         try:
             body = self.rfile.read(n)
         except socket.timeout:
-            raise RequestError(408, "the request body did not arrive in time") from None
+            self.close_connection = True
+            raise RequestError(408, f"the request did not arrive in time (each read may stall "
+                                    f"{self.server.request_timeout:g} s, --request-timeout; the whole request "
+                                    f"must arrive within {self.server.request_deadline:g} s, --request-deadline)") \
+                from None
         if len(body) < n:
             raise RequestError(400, "the request body is shorter than its Content-Length")
+        self.reader.finish()
         return body
 
     def _drain_body(self) -> None:
@@ -393,7 +539,7 @@ class ChatHandler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 raise
             except Exception as exc:  # headers are out: report it in the stream
-                sys.stderr.write(f"web: generation failed: {exc.__class__.__name__}: {exc}\n")
+                log(f"generation failed: {exc.__class__.__name__}: {exc}")
                 self._event({"error": f"generation failed ({exc.__class__.__name__})", "done": True})
                 return
             finally:
@@ -477,7 +623,7 @@ def make_server(args) -> ChatServer:
         raise UserError(f"--num-gpus={args.num_gpus} needs CUDA GPUs; on {args.device_type} the server runs one "
                         f"worker (drop --num-gpus or use --device-type=cuda)")
     try:
-        server = ChatServer((args.host, args.port), args.request_timeout)
+        server = ChatServer((args.host, args.port), args.request_timeout, args.request_deadline, args.allowed_host)
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror or exc}): choose another "
                         f"--port (0 = any free port) or --host") from None

@@ -49,11 +49,11 @@ def web_base(tmp_path_factory):
     return base
 
 
-def start_server(base: Path, *flags: str, timeout: float = 120.0):
+def start_server(base: Path, *flags: str, timeout: float = 120.0, stderr=subprocess.PIPE):
     """Launch scripts.chat_web with --port 0 and return (process, url) once it prints its URL."""
     proc = subprocess.Popen([sys.executable, "-m", "scripts.chat_web", "-g", "tiny", "--device-type", "cpu",
                              "--port", "0", *flags], cwd=ROOT, env=subprocess_env(base),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=stderr, text=True)
     deadline = time.monotonic() + timeout
     seen = []
     while time.monotonic() < deadline:
@@ -70,6 +70,8 @@ def start_server(base: Path, *flags: str, timeout: float = 120.0):
             break
     proc.kill()
     out, err = proc.communicate()
+    if err is None:  # stderr went to a file
+        err = Path(stderr.name).read_text()
     pytest.fail(f"server did not start (exit {proc.returncode}):\n{''.join(seen)}{out}\n{err[-3000:]}")
 
 
@@ -98,11 +100,15 @@ def server(web_base):
 
 # ----------------------------------------------------------------------------- HTTP helpers
 
-def http(url: str, path: str, body=None, method: str | None = None, timeout: float = 60.0):
-    """-> (status, content type, body bytes); HTTP errors are results, not exceptions."""
+def http(url: str, path: str, body=None, method: str | None = None, timeout: float = 60.0,
+         headers: dict | None = None):
+    """-> (status, content type, body bytes); HTTP errors are results, not exceptions. `headers` add to
+    (or, with None values, drop) the defaults: urllib's Host, and Content-Type: application/json with a body."""
     data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    sent = {"Content-Type": "application/json"} if data is not None else {}
+    sent.update(headers or {})
     req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data is not None else {})
+                                 headers={k: v for k, v in sent.items() if v is not None})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as res:
             return res.status, res.headers.get("Content-Type", ""), res.read()
@@ -237,6 +243,21 @@ BAD_REQUESTS = [
      "--max-chars"),
     ("longer than the model's context", {"messages": [{"role": "user", "content": "hello world " * 300}]}, 413,
      "context"),
+    ("role a list", {"messages": [{"role": ["user"], "content": "hi"}]}, 400, "use system, user or assistant"),
+    ("role an object", {"messages": [{"role": {"user": 1}, "content": "hi"}]}, 400, "use system, user or assistant"),
+    ("1000 nested [", b'{"messages": ' + b"[" * 1000 + b"]" * 1000 + b"}", 400, "nested too deeply"),
+    ("5000 nested [, unclosed", b"[" * 5000, 400, "nested too deeply"),
+    ("temperature below the minimum", {"messages": USER, "temperature": 1e-12}, 400,
+     "temperature must be 0 (greedy) or a number from 0.01 to 2"),
+    ("temperature NaN", b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400,
+     "temperature"),
+    ("top_k a list", {"messages": USER, "top_k": [5]}, 400, "top_k must be an integer from 0"),
+    # json.dumps escapes an astral character as two \\uXXXX (12 bytes): the character limit refuses it, not the
+    # body limit (which must allow 12 bytes a character)
+    ("astral characters past --max-chars", {"messages": [{"role": "user", "content": "\U0001F600" * (MAX_CHARS + 1)}]},
+     413, f"has {MAX_CHARS + 1} characters"),
+    ("astral characters up to --max-chars", {"messages": [{"role": "user", "content": "\U0001F600" * MAX_CHARS}]},
+     413, "the model's context holds"),
 ]
 
 
@@ -253,9 +274,10 @@ def test_bad_input_gets_a_json_error_and_the_server_lives_on(server):
                                ("/health", "POST", 405), ("/", "DELETE", 501)]:
         status, ctype, raw = http(server, path, b"{}" if method in ("POST", "DELETE") else None, method=method)
         assert status == want and "error" in json.loads(raw), (path, method, status)
-    status, err = _raw_request(server, b"POST /chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+    json_post = b"POST /chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    status, err = _raw_request(server, json_post + b"\r\n")
     assert status == 411 and "Content-Length" in err["error"]
-    status, err = _raw_request(server, b"POST /chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
+    status, err = _raw_request(server, json_post + b"Content-Length: 10000000\r\n\r\n")
     assert status == 413 and "--max-chars" in err["error"]
     for line in (b"GARBAGE", b"GET / HTTP/9"):
         status, err = _raw_request(server, line + b"\r\n\r\n")
@@ -266,6 +288,38 @@ def test_bad_input_gets_a_json_error_and_the_server_lives_on(server):
     assert len(complete(server, USER, max_tokens=4)[0]) >= 1
 
 
+def test_cross_origin_foreign_host_and_non_json_requests_are_refused(server):
+    """A page on another site may POST to a local server (text/plain needs no CORS preflight), and a
+    DNS-rebound name reaches it with a foreign Host: each is refused before any work is done."""
+    port = server.rstrip("/").rsplit(":", 1)[1]
+    body = {"messages": USER, "max_tokens": 2, "temperature": 0}
+    for name, headers, want, says in [
+        ("cross-origin page", {"Origin": "http://evil.example"}, 403, "cross-origin"),
+        ("cross-origin, same host other port", {"Origin": "http://127.0.0.1:1"}, 403, "cross-origin"),
+        ("opaque origin", {"Origin": "null"}, 403, "cross-origin"),
+        ("text/plain", {"Content-Type": "text/plain"}, 415, "application/json"),
+        ("form", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json"),
+        ("no Content-Type", {"Content-Type": None}, 415, "application/json"),
+        ("DNS rebinding", {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}, 421,
+         "--allowed-host"),
+        ("foreign Host", {"Host": "evil.example"}, 421, "--allowed-host"),
+    ]:
+        status, ctype, raw = http(server, "/chat/completions", body, headers=headers)
+        assert status == want and ctype.startswith("application/json"), (name, status, raw[:300])
+        assert says in json.loads(raw)["error"], (name, raw)
+    # the page and /health answer the bound name only, too
+    for path in ("/", "/health"):
+        assert http(server, path, headers={"Host": "evil.example"})[0] == 421, path
+        assert http(server, path, headers={"Origin": "http://evil.example"})[0] == 403, path
+    # allowed: no Origin (curl, scripts), the page's own origin, the loopback name, a charset parameter
+    for headers in ({}, {"Origin": f"http://127.0.0.1:{port}"},
+                    {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"},
+                    {"Content-Type": "application/json; charset=utf-8"}):
+        status, ctype, raw = http(server, "/chat/completions", body, headers=headers)
+        assert status == 200 and events(raw)[-1]["done"] is True, (headers, status, raw[:300])
+    assert health(server)["in_flight"] == 0
+
+
 def test_too_many_concurrent_requests_get_429(server):
     """--max-concurrent 1: a request whose body is still arriving holds the only slot, so a second
     request is refused at once; once the first completes, the slot is free again."""
@@ -273,7 +327,7 @@ def test_too_many_concurrent_requests_get_429(server):
     host, port = server.split("//")[1].rstrip("/").rsplit(":", 1)
     held = socket.create_connection((host, int(port)), timeout=60)
     try:
-        held.sendall(b"POST /chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        held.sendall(b"POST /chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body[:5])
         wait_until(lambda: health(server)["in_flight"] == 1, what="the held request to take its slot")
         status, ctype, raw = http(server, "/chat/completions", {"messages": USER, "max_tokens": 4})
@@ -308,6 +362,116 @@ def test_flag_errors_and_graceful_shutdown(web_base, server):
     code, out, err = stop_server(proc, signal.SIGINT)
     assert code == 0 and "SIGINT: shutting down" in out and out.rstrip().endswith("stopped"), (out, err)
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- a guarded server
+
+PROXY_NAMES = ("chat.example.org", "Proxy.Internal.")   # its --allowed-host values
+DEADLINE = 3                                            # its --request-deadline (seconds)
+
+
+@pytest.fixture(scope="module")
+def guarded(web_base, tmp_path_factory):
+    """A second server with a short --request-deadline, a reverse proxy's names, and its log in a file."""
+    log = tmp_path_factory.mktemp("guarded") / "stderr.log"
+    with open(log, "w") as err:
+        flags = ["--max-concurrent", "1", "--max-tokens", str(MAX_TOKENS), "--request-deadline", str(DEADLINE)]
+        for name in PROXY_NAMES:
+            flags += ["--allowed-host", name]
+        proc, url = start_server(web_base, *flags, stderr=err)
+        yield url, log
+        code, out, _ = stop_server(proc)
+    assert code == 0 and out.rstrip().endswith("stopped"), (out, log.read_text()[-3000:])
+    assert "Traceback" not in log.read_text() and "internal error" not in log.read_text()
+
+
+def test_allowed_host_admits_a_reverse_proxy(guarded):
+    url, _ = guarded
+    body = {"messages": USER, "max_tokens": 2, "temperature": 0}
+    assert http(url, "/health", headers={"Host": "chat.example.org"})[0] == 200
+    assert http(url, "/health", headers={"Host": "proxy.internal:8443"})[0] == 200   # any port, any case
+    assert http(url, "/health", headers={"Host": "CHAT.example.org."})[0] == 200
+    # the proxy passes the public name through, or rewrites Host to the bound address: both are same-origin
+    for headers in ({"Host": "chat.example.org", "Origin": "https://chat.example.org"},
+                    {"Origin": "https://chat.example.org"}):
+        status, _, raw = http(url, "/chat/completions", body, headers=headers)
+        assert status == 200 and events(raw)[-1]["done"] is True, (headers, raw[:300])
+    status, _, raw = http(url, "/health", headers={"Host": "evil.example"})
+    assert status == 421 and "--allowed-host" in json.loads(raw)["error"]
+    status, _, raw = http(url, "/chat/completions", body, headers={"Origin": "https://evil.example"})
+    assert status == 403 and "cross-origin" in json.loads(raw)["error"]
+
+
+def _trickle(url: str, head: bytes, rest: bytes, every: float = 0.5, cap: float = 90.0) -> tuple[bool, bytes]:
+    """Send `head`, then `rest` one byte every `every` seconds (each well inside the per-read timeout)
+    -> (whether the server ended the connection before all of `rest` was sent, what it answered)."""
+    host, port = url.split("//")[1].rstrip("/").rsplit(":", 1)
+    raw = b""
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(head)
+        deadline = time.monotonic() + cap
+        try:
+            for i in range(len(rest)):
+                assert time.monotonic() < deadline, "the server never cut the slow client off"
+                s.sendall(rest[i:i + 1])
+                if select.select([s], [], [], every)[0]:
+                    while chunk := s.recv(65536):
+                        raw += chunk
+                    return True, raw
+        except (BrokenPipeError, ConnectionResetError):
+            return True, raw   # closed with our last byte unread: a reset may overtake its reply
+    return False, raw
+
+
+def test_slow_loris_is_cut_off_at_the_request_deadline(guarded):
+    """A client that sends a byte every half second never trips the per-read timeout; the deadline over
+    the whole request (headers + body) ends it, and the slot it held is free again."""
+    url, log = guarded
+    body = json.dumps({"messages": USER, "max_tokens": 2, "temperature": 0}).encode()
+    head = (b"POST /chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    cut, raw = _trickle(url, head, body)
+    assert cut, "the whole body went through: the request deadline did not apply"
+    if raw:
+        assert raw.split(b" ", 2)[1] == b"408" and b"--request-deadline" in raw, raw[:300]
+    wait_until(lambda: '"POST /chat/completions HTTP/1.1" 408' in log.read_text(), what="the 408 in the log")
+    wait_until(lambda: health(url)["in_flight"] == 0, what="the slot to be released")
+    # headers a byte at a time: cut off too (before any slot is taken)
+    cut, _ = _trickle(url, b"POST /chat/completions HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n" + b"X-Pad: a\r\n" * 20)
+    assert cut, "the headers went through: the request deadline did not apply"
+    # and the only slot serves a normal request
+    status, _, raw = http(url, "/chat/completions", json.loads(body))
+    assert status == 200 and events(raw)[-1]["done"] is True
+
+
+def test_request_line_is_logged_with_control_characters_escaped(guarded):
+    url, log = guarded
+    status, _ = _raw_request(url, b"GET /\x1b[2J\x1b]0;owned\x07\x9b HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+    assert status == 404
+    wait_until(lambda: "owned" in log.read_text(), what="the request in the log")
+    text = log.read_text()
+    line = next(x for x in text.splitlines() if "owned" in x)
+    assert r'"GET /\x1b[2J\x1b]0;owned\x07\x9b HTTP/1.0" 404' in line, line
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", text), "a raw control character reached the log"
+
+
+def test_host_policy_names_per_bound_address():
+    """Which Host names each binding answers to (a server bound to all interfaces is not started here)."""
+    import socket as _socket
+
+    from nanochat.web import HostPolicy, host_name
+    assert [host_name(h) for h in ("LocalHost:8000", "[::1]:8000", "::1", "chat.example.org.", "1.2.3.4:80")] == \
+        ["localhost", "::1", "::1", "chat.example.org", "1.2.3.4"]
+    loop = HostPolicy("127.0.0.1")
+    assert all(loop.allows(n) for n in ("127.0.0.1", "localhost", "::1"))
+    assert not any(loop.allows(n) for n in ("evil.example", "10.0.0.1", _socket.gethostname().lower() + ".x"))
+    anywhere = HostPolicy("0.0.0.0", ["chat.example.org"])
+    assert all(anywhere.allows(n) for n in ("10.0.0.7", "fe80::1", "localhost", _socket.gethostname().lower(),
+                                            "chat.example.org"))
+    assert not anywhere.allows("evil.example")   # a rebound name
+    assert HostPolicy("::").allows("192.168.1.2") and not HostPolicy("::").allows("evil.example")
+    lan = HostPolicy("192.168.1.5")
+    assert lan.allows("192.168.1.5") and not lan.allows("localhost") and not lan.allows("192.168.1.6")
 
 
 # ----------------------------------------------------------------------------- make serve
