@@ -13,21 +13,26 @@
     # nixos-unstable, 2026-10-03: torch >= 2.12 that accepts CUDA 13; cudaPackages_13 (13.2)
     nixpkgs.url = "github:NixOS/nixpkgs/a7868a727837f3c09cee2ce0ca671c76b1589fed";
 
-    # Optional torch source. By default it follows nixpkgs, which means "use the torch release
-    # nixpkgs pins". Build torch from a local PyTorch checkout (with submodules) instead with
+    # Optional torch source for the source-built CUDA shells. By default it is the same nixpkgs
+    # tree (same pin, so the same store path: nothing more is downloaded), which means "use the
+    # torch release nixpkgs pins". Build torch from a local PyTorch checkout (with submodules) with
     #   nix develop --override-input torch-src path:/path/to/pytorch
+    # A real input, not `follows = "nixpkgs"`: Lix keeps an input that follows another one
+    # following even under --override-input, which would ignore the checkout without a word.
+    # Keep its rev equal to nixpkgs' (tests/test_nix.py checks it).
     torch-src = {
-      follows = "nixpkgs";
+      url = "github:NixOS/nixpkgs/a7868a727837f3c09cee2ce0ca671c76b1589fed";
       flake = false;
     };
   };
 
   outputs = { self, nixpkgs, torch-src }:
     let
+      inherit (nixpkgs) lib;
       linuxSystems = [ "x86_64-linux" "aarch64-linux" ];
       cpuOnlySystems = [ "aarch64-darwin" ];
-      forSystems = systems: f: builtins.listToAttrs (map (system: { name = system; value = f system; }) systems);
 
+      # the default torch-src is the nixpkgs tree itself: no checkout given
       torchSrc = if torch-src.outPath == nixpkgs.outPath then null else torch-src;
 
       # mkPkgs { system; cuda ? true; torch ? "source" | "bin"; cudaCapabilities ? [ "12.0" ];
@@ -44,6 +49,9 @@
       perSystem = system:
         let
           isLinux = builtins.elem system linuxSystems;
+          # nixpkgs' torch-bin is PyTorch's CUDA wheel on x86_64-linux only; on aarch64-linux it is
+          # the +cpu wheel (pkgs/development/python-modules/torch/bin/binary-hashes.nix)
+          hasCudaWheel = system == "x86_64-linux";
           cpuPkgs = mkPkgs { inherit system; cuda = false; };
           cpuShell = mkShell { pkgs = cpuPkgs; name = "nanochat-cpu"; cuda = false; };
           cudaVariant = name: caps:
@@ -56,7 +64,8 @@
             [ (defaultCapability system) ];
           sm120 = if defaultCapability system == "12.0" then native else cudaVariant "nanochat-cuda13-sm120" [ "12.0" ];
           sm90 = cudaVariant "nanochat-cuda13-sm90" [ "9.0" ];
-          # PyTorch's prebuilt CUDA wheel: a shell in minutes, while the source build runs elsewhere
+          # PyTorch's prebuilt CUDA wheel (x86_64-linux): a shell in minutes, while the source
+          # build runs elsewhere
           bin =
             let pkgs = mkPkgs { inherit system; torch = "bin"; };
             in { inherit pkgs; shell = mkShell { inherit pkgs; name = "nanochat-bin"; torchFromSource = false; }; };
@@ -66,7 +75,8 @@
           devShells = {
             default = main.shell;
             cpu = cpuShell;
-          } // (if isLinux then { sm120 = sm120.shell; sm90 = sm90.shell; bin = bin.shell; } else { });
+          } // (if isLinux then { sm120 = sm120.shell; sm90 = sm90.shell; } else { })
+          // (if hasCudaWheel then { bin = bin.shell; } else { });
 
           packages = {
             default = main.pkgs.python3Packages.nanochat;
@@ -77,7 +87,8 @@
             # the dev shells' Python environments: what the lab cache should hold
             python = main.shell.python;
             python-cpu = cpuShell.python;
-          } // (if isLinux then { python-sm90 = sm90.shell.python; python-bin = bin.shell.python; } else { });
+          } // (if isLinux then { python-sm90 = sm90.shell.python; } else { })
+          // (if hasCudaWheel then { python-bin = bin.shell.python; } else { });
 
           checks = {
             tests = import ./nix/checks.nix { pkgs = cpuPkgs; python = cpuShell.python; };
@@ -90,7 +101,7 @@
           };
         };
 
-      all = forSystems (linuxSystems ++ cpuOnlySystems) perSystem;
+      all = lib.genAttrs (linuxSystems ++ cpuOnlySystems) perSystem;
       project = attr: builtins.mapAttrs (_system: outputs: outputs.${attr}) all;
     in
     {

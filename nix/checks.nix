@@ -11,7 +11,7 @@ pkgs.runCommand "nanochat-tests"
   nativeBuildInputs = [ python pkgs.gnumake pkgs.git ]
     ++ (if pkgs.stdenv.hostPlatform.isLinux then [ pkgs.util-linux ] else [ ]);
   # wider than the package's source: the suite also reads the Makefile, bench/, nix/, flake.*
-  src = import ./source.nix { name = "nanochat-check-source"; keep = import ./check-source.nix; };
+  src = import ./source.nix { inherit (pkgs) lib; keep = import ./check-source.nix; };
 }
   ''
     cp -r "$src" source

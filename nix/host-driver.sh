@@ -6,7 +6,8 @@
 # * Any other Linux: find the directory holding the host's libcuda.so.1 (`ldconfig -p` of the
 #   HOST, then well-known directories), symlink ONLY the driver's own libraries (libcuda.so*,
 #   libcudadebugger.so*, libnvidia-*.so*) into a private per-host directory and put that directory
-#   first on LD_LIBRARY_PATH.
+#   first on LD_LIBRARY_PATH; TRITON_LIBCUDA_PATH names the same directory for Triton, which looks
+#   for libcuda on its own (compiling kernel launchers) instead of through the loader.
 # * WSL 2: the driver lives in /usr/lib/wsl/lib, and its libcuda.so.1 is a shim that loads
 #   libdxcore.so (the DirectX kernel interface) from the same directory, which then finds the
 #   Windows driver's own files under /usr/lib/wsl/drivers. So libdxcore.so* is linked too when the
@@ -15,7 +16,7 @@
 #
 # Knobs: NANOCHAT_HOST_DRIVER=off (do nothing) | /some/dir (use that directory);
 #        NANOCHAT_HOST_DRIVER_DIRS="dir1 dir2" (directories to search instead of ldconfig + defaults).
-# Sets NANOCHAT_HOST_DRIVER_LINKED to the private directory when it linked something.
+# Sets NANOCHAT_HOST_DRIVER_LINKED and TRITON_LIBCUDA_PATH to the private directory when it linked something.
 nanochat_link_host_driver() {
   _nc_want="${NANOCHAT_HOST_DRIVER:-auto}"
   [ "$_nc_want" = "off" ] && return 0
@@ -55,12 +56,16 @@ nanochat_link_host_driver() {
                "$_nc_src"/libdxcore.so*; do
     [ -e "$_nc_f" ] && ln -sfn "$_nc_f" "$_nc_dest/${_nc_f##*/}"
   done
+  # Triton links its launchers with -lcuda, which needs the unversioned name (driver-only installs lack it)
+  [ -e "$_nc_dest/libcuda.so" ] || ln -sfn libcuda.so.1 "$_nc_dest/libcuda.so"
   case ":${LD_LIBRARY_PATH:-}:" in
     *":$_nc_dest:"*) ;;
     *) LD_LIBRARY_PATH="$_nc_dest${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; export LD_LIBRARY_PATH ;;
   esac
   NANOCHAT_HOST_DRIVER_LINKED="$_nc_dest"
-  export NANOCHAT_HOST_DRIVER_LINKED
+  # Triton's own knob for libcuda's directory (honoured by the .#bin shell's triton-bin, nix/overlay.nix)
+  TRITON_LIBCUDA_PATH="$_nc_dest"
+  export NANOCHAT_HOST_DRIVER_LINKED TRITON_LIBCUDA_PATH
   unset _nc_want _nc_src _nc_d _nc_ldc _nc_lib _nc_dest _nc_f
   return 0
 }

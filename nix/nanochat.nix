@@ -22,7 +22,7 @@ buildPythonPackage {
 
   # only what pip needs, so that editing tests, docs or Nix files does not rebuild the package
   src = import ./source.nix {
-    name = "nanochat-source";
+    inherit lib;
     keep = [ "pyproject.toml" "README.md" "LICENSE" "nanochat" "scripts" ];
   };
 

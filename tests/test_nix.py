@@ -78,12 +78,17 @@ def test_lock_pins_the_revision_flake_nix_names():
     lock = _lock()
     assert lock["version"] == 7 and lock["root"] == "root"
     root_inputs = lock["nodes"]["root"]["inputs"]
-    assert root_inputs["nixpkgs"] == "nixpkgs"
-    assert root_inputs["torch-src"] == ["nixpkgs"]  # follows nixpkgs unless overridden
-    assert set(lock["nodes"]) == {"root", "nixpkgs"}
+    assert root_inputs == {"nixpkgs": "nixpkgs", "torch-src": "torch-src"}
+    assert set(lock["nodes"]) == {"root", "nixpkgs", "torch-src"}
     owner, repo, rev = _flake_pin()
     node = lock["nodes"]["nixpkgs"]
     assert node["original"] == {"owner": owner, "repo": repo, "rev": rev, "type": "github"}
+    # torch-src is a real input (no `follows`: Lix would keep following under --override-input)
+    # whose default is the very same tree: same rev and narHash, so the same store path, which the
+    # flake reads as "no checkout given"
+    assert lock["nodes"]["torch-src"] == {"flake": False, "locked": node["locked"], "original": node["original"]}
+    assert re.search(r'torch-src = \{\s*url = "github:%s/%s/%s";\s*flake = false;' % (owner, repo, rev),
+                     FLAKE.read_text()), "flake.nix: torch-src must name the nixpkgs pin, flake = false"
     locked = node["locked"]
     assert set(locked) == {"lastModified", "narHash", "owner", "repo", "rev", "type"}
     assert (locked["owner"], locked["repo"], locked["rev"], locked["type"]) == (owner, repo, rev, "github")
@@ -194,20 +199,24 @@ def test_host_driver_links_only_driver_libraries(tmp_path):
            "XDG_CACHE_HOME": str(tmp_path / "cache"), "LD_LIBRARY_PATH": "/already/there",
            "NANOCHAT_HOST_DRIVER_DIRS": f"{tmp_path / 'missing'} {drv}"}
     script = (f'. "{ROOT / "nix" / "host-driver.sh"}"; . "{ROOT / "nix" / "host-driver.sh"}"; '
-              'printf "%s\\n%s\\n" "$LD_LIBRARY_PATH" "$NANOCHAT_HOST_DRIVER_LINKED"')
+              'printf "%s\\n%s\\n%s\\n" "$LD_LIBRARY_PATH" "$NANOCHAT_HOST_DRIVER_LINKED" "$TRITON_LIBCUDA_PATH"')
     out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    ld, linked = out.stdout.splitlines()
+    ld, linked, triton = out.stdout.splitlines()
     linked = Path(linked)
     assert linked.parent == tmp_path / "cache" / "nanochat" / "host-driver"
     assert ld == f"{linked}:/already/there"  # prepended once, even when sourced twice
+    # Triton finds libcuda there too (it does not go through the loader), under the unversioned
+    # name its -lcuda needs, which a driver-only install does not ship
+    assert triton == str(linked)
     assert sorted(p.name for p in linked.iterdir()) == [
-        "libcuda.so.1", "libcuda.so.580.65.06", "libcudadebugger.so.1",
+        "libcuda.so", "libcuda.so.1", "libcuda.so.580.65.06", "libcudadebugger.so.1",
         "libnvidia-ml.so.1", "libnvidia-ml.so.580.65.06"]
+    assert os.path.realpath(linked / "libcuda.so") == str(drv / "libcuda.so.580.65.06")
     # no driver anywhere: nothing changes, still exit 0
     env["NANOCHAT_HOST_DRIVER_DIRS"] = str(tmp_path / "missing")
     out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and out.stdout.splitlines()[0] == "/already/there"
+    assert out.returncode == 0 and out.stdout.splitlines() == ["/already/there", "", ""]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -248,34 +257,61 @@ def test_nix_file_parses(path):
 # Real package names of nixpkgs' CUDA sets that torch's build pulls in, with the licence nixpkgs
 # gives each (pkgs/development/cuda-modules: a redistributable without a licence of its own gets
 # lib.licenses.nvidiaCudaRedist, shortName "CUDA EULA"; cudnn, libcusparse_lt, cutensor set their
-# own; nccl is BSD-3). From CUDA 13.3 on, `cuda_cccl` is called `cccl`.
-_CUDA_EULA = '{ shortName = "CUDA EULA"; free = false; redistributable = true; }'
-_CUDA_13_2 = ["cuda_cccl", "cuda_cudart", "cuda_cupti", "cuda_nvcc", "cuda_nvml_dev", "cuda_nvrtc",
-              "cuda_nvtx", "cuda_profiler_api", "libcublas", "libcufft", "libcufile", "libcurand",
-              "libcusolver", "libcusparse", "libnvjitlink", "libnvshmem"]
+# own, _cuda/lib/licenses.nix; nccl is BSD-3). From CUDA 13.3 on, `cuda_cccl` is called `cccl`.
+# Licence values are written with the stub's lib.licenses (`l`), which has nixpkgs' shapes.
+_CUDA_13_2 = ["cuda_cccl", "cuda_crt", "cuda_cudart", "cuda_cupti", "cuda_nvcc", "cuda_nvml_dev",
+              "cuda_nvrtc", "cuda_nvtx", "cuda_profiler_api", "libcublas", "libcufft", "libcufile",
+              "libcurand", "libcusolver", "libcusparse", "libnvjitlink", "libnvfatbin", "libnvvm", "libnvshmem"]
 _CUDA_13_3 = ["cccl"] + [n for n in _CUDA_13_2 if n != "cuda_cccl"]
-_OWN_LICENCE = {
-    "cudnn": '{ shortName = "cuDNN EULA"; free = false; redistributable = true; }',
-    "libcusparse_lt": '{ shortName = "cuSPARSELt EULA"; free = false; redistributable = true; }',
-    "cutensor": '{ shortName = "cuTENSOR EULA"; free = false; redistributable = true; }',
-    "nccl": '{ shortName = "bsd3"; spdxId = "BSD-3-Clause"; free = true; }',
+_OWN = 'free = false; redistributable = false; licenseType = "simple";'
+_ACCEPTED = {n: "l.nvidiaCudaRedist" for n in _CUDA_13_2 + _CUDA_13_3} | {
+    "cuda_gdb": "l.nvidiaCuda",
+    "cudnn": f'{{ shortName = "cuDNN EULA"; {_OWN} }}',
+    "libcusparse_lt": f'{{ shortName = "cuSPARSELt EULA"; {_OWN} }}',
+    "cutensor": f'{{ shortName = "cuTENSOR EULA"; {_OWN} }}',
+    "nccl": "l.bsd3",
+    # compound expressions (lib.licenses operators), decided as lib.licenses.isFree decides them
+    "cuda-and-bsd": "l.AND [ l.nvidiaCudaRedist l.bsd3 ]",
+    "free-or-other": "l.OR [ l.mit l.unfree ]",
+    "cuda-plus": "l.PLUS l.nvidiaCuda",
 }
-# refused: unfree licences that are not NVIDIA's CUDA ones, whatever the name says
+# refused by both predicates: unfree licences that are not NVIDIA's CUDA ones, whatever the name
 _REFUSED = {
-    "steam": '{ shortName = "unfreeRedistributable"; free = false; redistributable = true; }',
-    "vscode": '{ shortName = "unfree"; free = false; }',
-    "cuda-imposter": '{ shortName = "unfree"; free = false; }',
-    "libcublas-plus-other": f'[ {_CUDA_EULA} {{ shortName = "unfree"; free = false; }} ]',
-    "no-licence": '[ ]',
+    "steam": "l.unfreeRedistributable",
+    "vscode": "l.unfree",
+    "cuda-imposter": "l.unfree",
+    "libcublas-plus-other": "[ l.nvidiaCudaRedist l.unfree ]",
+    "no-licence": "[ ]",
+    "string-licence": '"unfree"',
+    "legacy-without-free": '{ shortName = "mystery"; }',
+    # a compound licence has no `free` of its own: it must not pass as free (issue 28.8)
+    "mit-and-unfree": "l.AND [ l.mit l.unfree ]",
+    "cuda-and-unfree": "l.AND [ l.nvidiaCudaRedist l.unfreeRedistributable ]",
+    "mit-with-unfree-exception": "l.WITH l.mit l.unfree",
+    "list-with-unfree-compound": "[ l.mit (l.AND [ l.mit l.unfree ]) ]",
 }
-_TORCH_WHEEL = ('[ { shortName = "bsd3"; free = true; } { shortName = "issl"; free = false; } '
-                '{ shortName = "unfreeRedistributable"; free = false; redistributable = true; } ]')
+_BINARY = "meta.sourceProvenance = [ lib.sourceTypes.binaryNativeCode ];"
+# torch-bin's closure: the three unfreeRedistributable packages, with nixpkgs' licences
+# (torch/bin/default.nix, triton/bin.nix, cuda-bindings/default.nix)
+_WHEEL_SHELL = {
+    "torch": ("[ l.bsd3 l.issl l.unfreeRedistributable ]", _BINARY),
+    "triton": ("[ l.unfreeRedistributable l.mit ]", _BINARY),
+    "cuda-bindings": ("l.unfreeRedistributable", ""),
+}
+# ... and what the .#bin shell still refuses under those names
+_WHEEL_SHELL_REFUSED = {
+    "torch": ("[ l.bsd3 l.issl l.unfreeRedistributable ]", ""),   # same licences, built from source
+    "triton": ("[ l.issl l.mit ]", _BINARY),                      # not triton's licence
+    "cuda-bindings": ("[ l.unfreeRedistributable l.unfree ]", ""),
+}
 
 
 def _predicate(which: str, packages: dict) -> dict:
+    """{name: allowed?} for nix/unfree.nix's predicate `which`, with the stub's nixpkgs lib."""
     items = " ".join(f'{{ name = "{n}"; value = p {{ pname = "{n}"; {extra} meta.license = {lic}; }}; }}'
                      for n, (lic, extra) in packages.items())
-    expr = (f"let p = (import {ROOT / 'nix' / 'unfree.nix'}).{which}; in "
+    expr = (f"let lib = import {ROOT / STUB / 'lib.nix'}; l = lib.licenses; "
+            f"p = (import {ROOT / 'nix' / 'unfree.nix'} {{ inherit lib; }}).{which}; in "
             f"builtins.listToAttrs [ {items} ]")
     out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
                          capture_output=True, text=True, timeout=60)
@@ -285,18 +321,131 @@ def _predicate(which: str, packages: dict) -> dict:
 
 @needs_nix
 def test_unfree_predicate_decides_by_licence():
-    accepted = {n: (_CUDA_EULA, "") for n in _CUDA_13_2 + _CUDA_13_3}
-    accepted.update({n: (lic, "") for n, lic in _OWN_LICENCE.items()})
-    refused = {n: (lic, "") for n, lic in _REFUSED.items()}
-    wheel = {"torch": (_TORCH_WHEEL, 'meta.sourceProvenance = [ { shortName = "binaryNativeCode"; } ];')}
-    for which in ("cuda", "torchWheel"):
-        got = _predicate(which, {**accepted, **refused})
-        assert {n for n, ok in got.items() if ok} == set(accepted), which
-    # the source shells never take a binary torch; the .#bin shell takes exactly PyTorch's wheel
-    assert _predicate("cuda", wheel) == {"torch": False}
-    assert _predicate("torchWheel", wheel) == {"torch": True}
-    not_a_wheel = {"torch": (_TORCH_WHEEL, "")}  # same licences, but built from source: no reason to allow
-    assert _predicate("torchWheel", not_a_wheel) == {"torch": False}
+    both = {n: (lic, "") for n, lic in {**_ACCEPTED, **_REFUSED}.items()}
+    for which in ("cuda", "bin"):
+        got = _predicate(which, both)
+        assert {n for n, ok in got.items() if ok} == set(_ACCEPTED), which
+    # the source shells take none of the wheel shell's unfreeRedistributable packages
+    assert not any(_predicate("cuda", _WHEEL_SHELL).values())
+    # the .#bin shell takes exactly those, with exactly their licences
+    assert all(_predicate("bin", _WHEEL_SHELL).values())
+    assert not any(_predicate("bin", _WHEEL_SHELL_REFUSED).values())
+
+
+def _stub_eval(expr: str, system: str = "x86_64-linux"):
+    """Evaluate `expr` with `pkgs = import <stub nixpkgs> { system; config; overlays }` in scope
+    (config/overlays given inside expr as `cfg` and `ovl`); (ok, value or error text)."""
+    full = (f"let stub = args: import {ROOT / STUB} ({{ system = \"{system}\"; }} // args); "
+            f"lib = import {ROOT / STUB / 'lib.nix'}; l = lib.licenses; in {expr}")
+    out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", full],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        return False, " ".join(l.strip() for l in out.stderr.splitlines())
+    return True, json.loads(out.stdout)
+
+
+@needs_nix
+def test_stub_models_the_nixpkgs_refusals_the_flake_must_pass():
+    """The stub's own behaviour, pinned so that it cannot quietly go back to accepting anything.
+    Each refusal is nixpkgs' (the stub's files name the nixpkgs file each mirrors)."""
+    # pkgs/top-level/all-packages.nix: the default CUDA set is 12.9; cudaPackages_13 is 13.2
+    assert _stub_eval("map (p: p.cudaMajorMinorVersion) (let p = stub { }; in [ p.cudaPackages p.cudaPackages_13 ])") \
+        == (True, ["12.9", "13.2"])
+    # check-meta.nix: an unfree licence is refused unless allowUnfree / allowUnfreePredicate admits it
+    ok, err = _stub_eval("(stub { }).cudaPackages.libcublas.drvPath")
+    assert not ok and "Refusing to evaluate package 'libcublas-12.9'" in err and "unfree license (‘CUDA EULA’)" in err
+    ok, err = _stub_eval("(stub { }).cudaPackages.cudnn.drvPath")
+    assert not ok and "unfree license (‘cuDNN EULA’)" in err
+    assert _stub_eval("builtins.isString (stub { }).cudaPackages.nccl.drvPath") == (True, True)  # BSD-3
+    # the predicate sees the package's attributes and every package of the closure goes through it
+    seen = ('let p = stub { config.allowUnfreePredicate = x: x.pname == "cuda_cudart"; }; '
+            'in p.python3.withPackages (ps: [ (ps.cuda-bindings) ])')
+    ok, err = _stub_eval(f"({seen}).drvPath")
+    assert not ok and "python3.14-cuda-bindings-12.9.7" in err and "unfreeRedistributable" in err
+    # compound licences: AND needs every part free, OR one; in a list a compound counts as unfree
+    pkg = 'p: lic: (p.python3.pkgs.buildPythonPackage { pname = "x"; version = "1"; meta.license = lic; }).drvPath'
+    for lic, allowed in (("l.AND [ l.mit l.unfree ]", False), ("l.OR [ l.mit l.unfree ]", True),
+                         ("[ l.mit (l.OR [ l.mit l.bsd3 ]) ]", False), ("l.AND [ l.mit l.bsd3 ]", True)):
+        ok, _ = _stub_eval(f"builtins.isString (({pkg}) (stub {{ }}) ({lic}))")
+        assert ok is allowed, lic
+    # torch/bin/default.nix + nixpkgs PR #564686: torch-bin 2.13 is broken while cuda-bindings is
+    # older than 13.0.3; overriding torch-bin's own cudaPackages does not move cuda-bindings
+    unfree_ok = "config.allowUnfree = true;"
+    ok, err = _stub_eval(f"(stub {{ {unfree_ok} }}).python3Packages.torch-bin.drvPath")
+    assert not ok and 'unsupported-cuda-version (kind "broken"): cudaPackages is too old (12.9)' in err \
+        and "current is 12.9.7" in err
+    ok, err = _stub_eval(f"let p = stub {{ {unfree_ok} }}; in "
+                         "(p.python3Packages.torch-bin.override { cudaPackages = p.cudaPackages_13; }).drvPath")
+    assert not ok and "cudaPackages is too old (13.2)" in err and "current is 12.9.7" in err
+    cuda13 = "overlays = [ (final: prev: { cudaPackages = final.cudaPackages_13; }) ];"
+    assert _stub_eval(f"builtins.isString (stub {{ {unfree_ok} {cuda13} }}).python3Packages.torch-bin.drvPath") \
+        == (True, True)
+    # triton/bin.nix: x86_64-linux only
+    ok, err = _stub_eval(f"(stub {{ {unfree_ok} }}).python3Packages.triton-bin.drvPath", system="aarch64-linux")
+    assert not ok and "not available on the requested hostPlatform" in err
+    # torch/bin/binary-hashes.nix: aarch64-linux gets the +cpu wheel
+    assert _stub_eval(f"(stub {{ }}).python3Packages.torch-bin.src.url", system="aarch64-linux")[1].count("/cpu/") == 1
+
+
+def test_wheel_set_is_cuda_13_without_cuda_support(flake_repo):
+    """The .#bin package set: cudaPackages is CUDA 13 for the whole set (so cuda-bindings, a
+    separate package, is 13.x and nixpkgs accepts torch-bin 2.13), yet config.cudaSupport stays
+    off, so nothing else turns into a CUDA build; Triton's wheel prefers TRITON_LIBCUDA_PATH over
+    nixpkgs' /run/opengl-driver/lib (non-NixOS hosts, where nix/host-driver.sh sets it)."""
+    system = _system()
+    if system != "x86_64-linux":
+        pytest.skip("the wheel shell exists on x86_64-linux only")
+    apply = """l: let p = l.mkPkgs { torch = "bin"; }; t = p.python3Packages.torch; in {
+      cudaSupport = p.config.cudaSupport;
+      cuda = p.cudaPackages.cudaMajorMinorVersion;
+      bindings = p.python3Packages.cuda-bindings.version;
+      wheel = t.wheel; wheelCuda = t.wheelCudaMajorVersion;
+      tritonFixup = t.triton.postFixup;
+    }"""
+    out = _nix(flake_repo, "eval", "--json", f".#legacyPackages.{system}", *_stub(flake_repo), "--apply", apply)
+    assert out.returncode == 0, out.stderr
+    w = json.loads(out.stdout)
+    assert (w["cudaSupport"], w["cuda"], w["bindings"], w["wheel"], w["wheelCuda"]) == (False, "13.2", "13.2.0", True, "13")
+    nixpkgs_line = '"/run/opengl-driver/lib", '
+    ours = ("--replace-warn '\"/run/opengl-driver/lib\"' "
+            "'__import__(\"os\").environ.get(\"TRITON_LIBCUDA_PATH\") or \"/run/opengl-driver/lib\"'")
+    fixup = w["tritonFixup"]
+    assert nixpkgs_line in fixup and ours in fixup and fixup.index(nixpkgs_line) < fixup.index(ours), fixup
+
+
+@pytest.mark.skipif(not os.environ.get("NANOCHAT_TEST_NIXPKGS_LIB"),
+                    reason="set NANOCHAT_TEST_NIXPKGS_LIB to a nixpkgs lib/ directory (e.g. from "
+                           "github:nix-community/nixpkgs.lib) to compare the stub's lib with the real one")
+@needs_nix
+def test_stub_lib_agrees_with_real_nixpkgs_lib():
+    """The stub's lib pieces (licences and their operators/helpers, genAttrs) give what nixpkgs'
+    real lib gives, and nix/unfree.nix decides the test tables the same way with either."""
+    real = os.environ["NANOCHAT_TEST_NIXPKGS_LIB"]
+    probe = """lib: let l = lib.licenses; pick = x: { inherit (x) shortName free licenseType; }; in {
+      simple = map pick (with l; [ asl20 bsd3 mit issl unfree unfreeRedistributable nvidiaCuda nvidiaCudaRedist ]);
+      isFree = map l.isFree (with l; [ (AND [ mit unfree ]) (OR [ mit unfree ]) (WITH mit unfree) (PLUS mit) (AND [ mit (OR [ unfree bsd3 ]) ]) ]);
+      genAttrs = lib.genAttrs [ "a" "b" ] (n: n + n);
+    }"""
+    results = []
+    for lib in (f"import {ROOT / STUB / 'lib.nix'}", f"import {real}"):
+        out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", f"({probe}) ({lib})"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        results.append(json.loads(out.stdout))
+    assert results[0] == results[1]
+    table = {n: (lic, "") for n, lic in {**_ACCEPTED, **_REFUSED}.items()} | _WHEEL_SHELL
+    for which in ("cuda", "bin"):
+        got = []
+        for lib in (ROOT / STUB / "lib.nix", Path(real)):
+            items = " ".join(f'{{ name = "{n}"; value = p {{ pname = "{n}"; {extra} meta.license = {lic}; }}; }}'
+                             for n, (lic, extra) in table.items())
+            expr = (f"let lib = import {lib}; l = lib.licenses; "
+                    f"p = (import {ROOT / 'nix' / 'unfree.nix'} {{ inherit lib; }}).{which}; in builtins.listToAttrs [ {items} ]")
+            out = subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expr],
+                                 capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            got.append(json.loads(out.stdout))
+        assert got[0] == got[1], which
 
 
 def _repo_files() -> list:
@@ -341,8 +490,11 @@ def _nix(repo, *args, timeout=300):
                           text=True, timeout=timeout)
 
 
-def _stub(repo) -> list:
-    return ["--override-input", "nixpkgs", f"path:{repo / STUB}"]
+def _stub(repo, torch_src=None) -> list:
+    """nixpkgs replaced by the stub; torch-src by the same tree (the flake's "no checkout given",
+    as the default lock has it: torch-src is the nixpkgs tree) unless a checkout is named."""
+    return ["--override-input", "nixpkgs", f"path:{repo / STUB}",
+            "--override-input", "torch-src", f"path:{torch_src or repo / STUB}"]
 
 
 def _system() -> str:
@@ -372,7 +524,7 @@ SHELL_SUMMARY = """ds: builtins.mapAttrs (n: s: {
   python = s.python.selectedNames;
   torch = let t = builtins.head (builtins.filter (p: p.pname == "torch") s.python.selected);
           in { inherit (t) cudaSupport cudaCapabilities cudaForwardCompat cudaMajorVersion wheel;
-               src = toString t.src; nvshmem = t.withNvshmem or null; triton = t.triton.pname or null; };
+               src = t.src.url or (toString t.src); nvshmem = t.withNvshmem or null; triton = t.triton.pname or null; };
 }) ds"""
 
 
@@ -383,7 +535,8 @@ def test_structural_dev_shells_against_stub(flake_repo):
                "--apply", SHELL_SUMMARY)
     assert out.returncode == 0, out.stderr
     shells = json.loads(out.stdout)
-    assert {"default", "sm120", "sm90", "bin", "cpu"} <= set(shells)
+    # the wheel shell only where nixpkgs' torch-bin is PyTorch's CUDA wheel (x86_64-linux)
+    assert set(shells) == {"default", "sm120", "sm90", "cpu"} | ({"bin"} if system == "x86_64-linux" else set())
     required = {"torch", "tiktoken", "rustbpe", "pyarrow", "numpy", "regex", "datasets", "pytest", "pip"}
     for name, s in shells.items():
         assert s["USE_LIBUV"] == "0" and s["NANOCHAT_IN_NIX"] == "1", name
@@ -403,10 +556,11 @@ def test_structural_dev_shells_against_stub(flake_repo):
     assert shells["default"]["NANOCHAT_NIX_SHELL"] == f"nanochat-cuda13-sm{native.replace('.', '')}"
     # the fast shell: PyTorch's wheel with the prebuilt Triton, nothing compiled against CUDA here,
     # but the host driver is still linked (the wheel needs libcuda.so.1 like any CUDA program)
-    b = shells["bin"]
-    assert b["torch"]["wheel"] is True and b["torch"]["triton"] == "triton-bin", b["torch"]
-    assert b["torch"]["src"] == "torch-wheel" and b["arch"] is None and b["cudaHome"] is None
-    assert "nanochat_link_host_driver" in b["shellHook"]
+    if system == "x86_64-linux":
+        b = shells["bin"]
+        assert b["torch"]["wheel"] is True and b["torch"]["triton"] == "triton", b["torch"]
+        assert "/cu130/" in b["torch"]["src"] and b["arch"] is None and b["cudaHome"] is None
+        assert "nanochat_link_host_driver" in b["shellHook"]
     cpu = shells["cpu"]
     assert cpu["arch"] is None and cpu["cudaHome"] is None
     assert cpu["torch"]["cudaSupport"] is False and cpu["torch"]["cudaMajorVersion"] is None
@@ -425,8 +579,8 @@ def test_structural_packages_checks_and_darwin(flake_repo):
 
     pk = ev(f"packages.{system}", "p: { names = builtins.attrNames p; default = p.default.pname; "
                                   "vendor = p.rustbpe ? cargoDeps; }")
-    assert {"default", "nanochat", "nanochat-cpu", "rustbpe", "torch", "python", "python-cpu",
-            "python-sm90", "python-bin"} <= set(pk["names"])
+    assert set(pk["names"]) == {"default", "nanochat", "nanochat-cpu", "rustbpe", "torch", "python", "python-cpu",
+                                "python-sm90"} | ({"python-bin"} if system == "x86_64-linux" else set())
     assert pk["default"] == "nanochat" and pk["vendor"]
     lock = ev(f"packages.{system}.rustbpe", "r: r.cargoDeps.lockFile")
     assert Path(lock).name.endswith("rustbpe-Cargo.lock")
@@ -440,14 +594,44 @@ def test_structural_packages_checks_and_darwin(flake_repo):
     dw = ev("devShells.aarch64-darwin", "d: { names = builtins.attrNames d; "
                                         "default = d.default.NANOCHAT_NIX_SHELL; }")
     assert dw == {"names": ["cpu", "default"], "default": "nanochat-cpu"}
+    # aarch64-linux: nixpkgs' torch-bin is the +cpu wheel there, so no wheel shell or package
+    assert ev("devShells.aarch64-linux", "d: builtins.attrNames d") == ["cpu", "default", "sm120", "sm90"]
+    arm = ev("packages.aarch64-linux", "p: builtins.attrNames p")
+    assert "python-bin" not in arm and "python-sm90" in arm
 
 
 def test_structural_flake_check_schema(flake_repo):
-    """`nix flake check --no-build` (schema: every check/package/devShell is a derivation), and no
-    warning about outputs it does not know."""
+    """`nix flake check --no-build` against the stub: every check/package/devShell is a derivation
+    that nixpkgs' meta checks (as the stub models them) let through, and no warning about outputs
+    it does not know."""
     out = _nix(flake_repo, "flake", "check", "--no-build", *_stub(flake_repo))
     assert out.returncode == 0, out.stderr
     assert "unknown flake output" not in out.stderr, out.stderr
+
+
+# every output of every system, instantiated (drvPath): "ok" or "refused"
+ALL_DRVS = """systems: builtins.mapAttrs (_sys: builtins.mapAttrs (_n: x:
+  if (builtins.tryEval x.drvPath).success then "ok" else "refused")) systems"""
+
+
+def test_every_output_instantiates_against_stub(flake_repo):
+    """What `nix flake check` and `nix develop` need first: every devShell, package and check of
+    every system instantiates, i.e. the stub's nixpkgs refusals (unfree licences through our
+    allowUnfreePredicate, torch-bin below CUDA 13, platforms) pass for each package of each closure.
+    A refused output is re-evaluated alone so that the failure names nixpkgs' message."""
+    results = {}
+    for kind in ("devShells", "packages", "checks"):
+        out = _nix(flake_repo, "eval", "--json", f".#{kind}", *_stub(flake_repo), "--apply", ALL_DRVS)
+        assert out.returncode == 0, out.stderr
+        results[kind] = json.loads(out.stdout)
+    refused = [(kind, sys, name) for kind, systems in results.items()
+               for sys, names in systems.items() for name, r in names.items() if r != "ok"]
+    why = {}
+    for kind, sys, name in refused:
+        one = _nix(flake_repo, "eval", "--raw", f".#{kind}.{sys}.{name}.drvPath", *_stub(flake_repo))
+        why[f"{kind}.{sys}.{name}"] = next((l.strip() for l in one.stderr.splitlines() if "error:" in l),
+                                           one.stderr.strip()[-300:])
+    assert not refused, "refused by the stub nixpkgs:\n" + "\n".join(f"  {k}: {v}" for k, v in why.items())
 
 
 def test_structural_torch_src_override(flake_repo, tmp_path):
@@ -462,8 +646,8 @@ def test_structural_torch_src_override(flake_repo, tmp_path):
     apply = ('t: { src = toString t.src; inherit (t) version postPatch; build = t.env.PYTORCH_BUILD_VERSION; '
              'patches = map (p: if builtins.isPath p then "path" else "drv") t.patches; '
              'nvshmem = t.withNvshmem; }')
-    out = _nix(flake_repo, "eval", "--json", f".#packages.{system}.torch", *_stub(flake_repo),
-               "--override-input", "torch-src", f"path:{checkout}", "--apply", apply)
+    out = _nix(flake_repo, "eval", "--json", f".#packages.{system}.torch", *_stub(flake_repo, checkout),
+               "--apply", apply)
     assert out.returncode == 0, out.stderr
     t = json.loads(out.stdout)
     src = Path(t["src"])
@@ -471,18 +655,56 @@ def test_structural_torch_src_override(flake_repo, tmp_path):
     assert t["version"] == t["build"] == "2.14.0a0"
     assert t["patches"] == ["path"] and t["nvshmem"] is False
     assert "--replace-warn" in t["postPatch"] and "--replace-fail" not in t["postPatch"]
+    # only the source-built CUDA torch takes the checkout: the CPU torch (the CPU shell and the
+    # check) and the wheel stay nixpkgs', so overriding torch-src rebuilds nothing of theirs
+    pick = 'builtins.head (builtins.filter (p: p.pname or "" == "torch") PY.selected)'
+    for attr, py in ((f"devShells.{system}.cpu", "x.python"),
+                     (f"checks.{system}.tests", 'builtins.head (builtins.filter (p: p ? selected) x.nativeBuildInputs)')):
+        out = _nix(flake_repo, "eval", "--raw", f".#{attr}", *_stub(flake_repo, checkout), "--apply",
+                   f"x: let t = {pick.replace('PY', f'({py})')}; in toString (t.src.url or t.src)")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "nixpkgs-torch-source", (attr, out.stdout)
     # not a PyTorch checkout: one clear evaluation error
     (checkout / "version.txt").unlink()
-    out = _nix(flake_repo, "eval", "--raw", f".#packages.{system}.torch.version", *_stub(flake_repo),
-               "--override-input", "torch-src", f"path:{checkout}")
+    out = _nix(flake_repo, "eval", "--raw", f".#packages.{system}.torch.version", *_stub(flake_repo, checkout))
     assert out.returncode != 0 and "has no version.txt" in out.stderr
+
+
+# the packages of a shell's closure (the stub's `inputs`) that nixpkgs' meta check refuses THEMSELVES
+CLOSURE = """shell: let
+  deps = x: builtins.filter (d: builtins.isAttrs d && d ? stubMetaCheck) (x.inputs or [ ]);
+  entry = d: { key = d.name; pkg = d; };
+in builtins.genericClosure { startSet = [ (entry shell) ]; operator = e: map entry (deps e.pkg); }"""
+REFUSED_IN_CLOSURE = f"""shell: let closure = ({CLOSURE}) shell; in
+  map (e: e.key) (builtins.filter (e: !(builtins.tryEval e.pkg.stubMetaCheck).success) closure)"""
+
+
+def test_no_package_of_any_shell_is_refused(flake_repo):
+    """nixpkgs applies allowUnfreePredicate, the broken/problems checks and meta.platforms to every
+    package of a shell's closure: none of them, in any shell of any system, may be refused. Lists
+    each refused package with nixpkgs' message (the stub's), not just the first one."""
+    out = _nix(flake_repo, "eval", "--json", ".#devShells", *_stub(flake_repo), "--apply",
+               f"systems: builtins.mapAttrs (_: builtins.mapAttrs (_: {REFUSED_IN_CLOSURE})) systems")
+    assert out.returncode == 0, out.stderr
+    why = []
+    for sys, shells in json.loads(out.stdout).items():
+        for shell, keys in shells.items():
+            for key in keys:
+                one = _nix(flake_repo, "eval", "--raw", f".#devShells.{sys}.{shell}", *_stub(flake_repo),
+                           "--apply", f'shell: (builtins.head (builtins.filter (e: e.key == "{key}") '
+                                      f'(({CLOSURE}) shell))).pkg.stubMetaCheck')
+                msg = " ".join(l.strip() for l in one.stderr.splitlines()
+                               if l.strip() and not l.lstrip().startswith(("warning:", "(use", "•", "'", "→")))
+                why.append(f"{sys}.{shell}: {key}: {msg}")
+    assert not why, "refused by the stub nixpkgs:\n" + "\n".join(why)
 
 
 @needs_nix
 def test_check_source_filter_keeps_what_the_suite_reads():
     """Evaluated by Nix: the check's source (nix/source.nix with nix/check-source.nix) really holds
     every top-level path the suite reads, and the package's narrower source holds what pip needs."""
-    expr = ('let s = import ./nix/source.nix; in { check = toString (s { name = "t-check"; '
+    # nixpkgs' lib.fileset as the stub models it (tests/fixtures/fake-nixpkgs/lib.nix)
+    expr = (f'let s = import ./nix/source.nix; in {{ check = toString (s {{ lib = import ./{STUB}/lib.nix; '
             'keep = import ./nix/check-source.nix; }); }')
     # --read-write-mode: really copy the filtered tree into the store (plain --eval only hashes it)
     out = subprocess.run(["nix-instantiate", "--eval", "--read-write-mode", "--strict", "--json", "-E", expr],
