@@ -1,12 +1,13 @@
 # nanochat pipeline: data -> tokenizer -> pretrain -> midtrain -> sft (-> rl with RL=1) -> report
 #
 # Every stage is a FILE target: a stamp in $(STAMPS) written last, only when the stage succeeded,
-# whose CONTENT is the stage's semantic parameters plus the ids of the upstream stamps it was built
-# on. At parse time each stamp is compared with what is requested now; a difference adds the FORCE
-# prerequisite (see `stale`), and a stale stage makes everything downstream stale. So a parameter
-# change reruns exactly the stages that consume it and what follows, while `touch`, checkout, clock
-# steps, NPROC or batch-size changes rerun nothing (no decision reads an mtime), and `make -n`/`-q`
-# stay truthful and side-effect free. `make help` lists verbs and variables.
+# whose CONTENT is the stage's semantic parameters, the ids of the upstream stamps it was built on
+# and the files it produced (size and hash). At parse time each stamp is compared with what is
+# requested now and with what is on disk; a difference (or a missing or changed output) adds the
+# FORCE prerequisite, and a stale stage makes everything downstream stale. So a parameter change
+# reruns exactly the stages that consume it and what follows, while `touch`, checkout, clock steps,
+# NPROC or batch-size changes rerun nothing (no decision reads an mtime), and `make -n`/`-q` stay
+# truthful and side-effect free. `make help` lists verbs and variables.
 #
 # Layout: toolchain and hardware; presets; the machinery; then ONE BLOCK PER STAGE (its knobs, the
 # flags they become, its rule) in DAG order; validation; the user verbs.
@@ -36,6 +37,16 @@ export NANOCHAT_BASE_DIR ?= $(HOME)/.cache/nanochat
 B      := $(NANOCHAT_BASE_DIR)
 STAMPS := $(B)/.stamps
 REPORT := $(B)/report/report.md
+# The path goes unquoted into file targets and recipes (GNU make cannot have a target with a blank):
+# anything but letters, digits and . _ - + @ / is refused here, before any rule is read. (As typed:
+# make would have expanded a $ in it already.)
+path_chars := a b c d e f g h i j k l m n o p q r s t u v w x y z A B C D E F G H I J K L M N O P Q R S T U V W X Y Z \
+  0 1 2 3 4 5 6 7 8 9 . _ - + @ /
+without = $(if $(2),$(call without,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,$(words $(2)),$(2))),$(1))
+base_typed := $(if $(filter file default,$(origin NANOCHAT_BASE_DIR)),$(B),$(value NANOCHAT_BASE_DIR))
+ifneq ($(filter-out 1,$(words x$(base_typed)x))$(call without,$(base_typed),$(path_chars)),)
+  $(error NANOCHAT_BASE_DIR=$(base_typed) holds characters a make target or a shell recipe cannot carry: use a path of letters, digits and . _ - + @ / only (e.g. a symlink to that directory))
+endif
 
 # ============================================================================ toolchain
 # Inside `nix develop` (IN_NIX_SHELL set) the shell's python is used and nothing is installed.
@@ -165,7 +176,6 @@ TRACK_CODE ?= 0
 
 # ============================================================================ the staleness machinery
 FORCE: ;
-comma := ,
 empty :=
 space := $(empty) $(empty)
 # exact string equality (`filter` would treat % as a wildcard)
@@ -202,6 +212,7 @@ sft_deps       := midtrain
 rl_deps        := sft
 report_deps    := $(STAGES)
 report_params  :=
+report_outputs := report/report.md
 stamp = $(STAMPS)/$(1).done
 deps_of = $(foreach d,$($(1)_deps),$(call stamp,$(d)))
 
@@ -209,23 +220,15 @@ deps_of = $(foreach d,$($(1)_deps),$(call stamp,$(d)))
 REDO := $(patsubst redo-%,%,$(filter redo-%,$(MAKECMDGOALS)))
 $(foreach s,$(REDO),$(if $(filter $(s),$(ALL_STAGES)),,$(error redo-$(s): unknown stage; stages are: $(ALL_STAGES))))
 
-# Staleness is decided on stamp CONTENT, never on mtimes (a touch, a checkout or a clock step must
-# neither trigger nor hide a rerun). A stamp reads  <params>|after=<dep>@<id>,...|id=<id>:  the
-# semantic parameters used, the ids of the upstream stamps it was built on, and its own fresh id.
-# A stage is stale iff it is redone, an upstream stage is stale (it will rerun first), its stamp is
-# missing, or the stamp records other parameters or other upstream ids than there are now.
-# (stamps are written without a final newline and compared stripped: GNU make 4.3's `$(file <)`
-# sometimes leaves the newline it should drop in the expansion, depending on buffer state)
-stamp_text = $(strip $(file <$(call stamp,$(1))))
-stamp_id = $(lastword $(subst |id=, ,$(call stamp_text,$(1))))
-# what $(1)'s stamp must say, less its own id; expanded in a recipe it reads the upstream ids then
-record = $($(1)_params)|after=$(subst $(space),$(comma),$(strip $(foreach d,$($(1)_deps),$(d)@$(call stamp_id,$(d)))))
-# the stamp less its own id (empty: never built, or interrupted)
-recorded = $(strip $(subst |id=$(call stamp_id,$(1)),,$(call stamp_text,$(1))))
-upstream_stale = $(strip $(foreach d,$($(1)_deps),$(call is_stale,$(d))))
-# each test yields a word when it holds (stripped: $(or) would count a lone blank as true)
-is_stale = $(strip $(or $(filter $(1),$(REDO)),$(call upstream_stale,$(1)),$(if $(call recorded,$(1)),,missing),$(if $(call eq,$(call recorded,$(1)),$(strip $(call record,$(1)))),,changed)))
-stale = $(if $(call is_stale,$(1)),FORCE)
+# Staleness is decided on stamp CONTENT and output files, never on mtimes (a touch, a checkout or a
+# clock step must neither trigger nor hide a rerun), by ONE function, nanochat.pipeline's `evaluate`:
+# `make status` prints its reasons, and the parse-time `check` at the end of this file gives make the
+# stale stages (a stamp is read there, once all stage parameters are known). A stage is stale iff it
+# is redone, an upstream stage is stale (it will rerun first), its stamp is missing, the stamp records
+# other parameters or other upstream ids than there are now, or an output it records is missing or
+# changed. Each stage's `<stage>_outputs` (relative to the base dir, {step} = its final step) is what
+# `finish` records.
+pipe_stages = --base $(call q,$(B)) $(foreach s,$(1),--stage $(call q,$(s)|$($(s)_deps)|$($(s)_params)))
 # how a long stage treats existing checkpoints: resume if compatible, unless forced
 resume_mode = $(if $(filter $(1),$(REDO)),fresh,auto)
 
@@ -234,9 +237,10 @@ resume_mode = $(if $(filter $(1),$(REDO)),fresh,auto)
 # died (kill -9) is stale and is taken over. $$PPID in a recipe shell is make itself.
 # It also notes the stage's start time, so `finish` can record its wall time for the report.
 take_lock = @$(SYSTEM_PYTHON) -m nanochat.pipeline lock $(call q,$(B)) $$PPID --stage $(1)
-# after the stage succeeded: write its stamp (record + a fresh id) atomically, and its wall time
+# after the stage succeeded: write its stamp (parameters, upstream ids, outputs, a fresh id) atomically
 define finish
-$(if $(filter 0,$(NODE_RANK)),@$(SYSTEM_PYTHON) -m nanochat.pipeline finish $(call q,$(STAMPS)) $(1) $(call q,$(call record,$(1))),@true)
+$(if $(filter 0,$(NODE_RANK)),@$(SYSTEM_PYTHON) -m nanochat.pipeline finish $(call q,$(B)) $(1) $(call q,$($(1)_params)) \
+  --deps '$($(1)_deps)' --outputs $(call q,$($(1)_outputs)),@true)
 endef
 # the first lines of every stage recipe: claim the lock, drop the stamp (and the step file)
 define begin
@@ -244,15 +248,6 @@ $(call take_lock,$(1))
 rm -f $(call stamp,$(1)) $(if $(2),$(STAMPS)/$(1).step)
 endef
 step_of = $$(cat $(STAMPS)/$(1).step)
-
-# Before any stamp is read (the stage rules below read theirs while make parses): the base dir (or
-# the nearest existing parent) must be writable; checked read-only.
-ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
-BASE_PROBE := $(shell d='$(B)'; while [ ! -e "$$d" ] && [ "$$d" != / ]; do d=$$(dirname "$$d"); done; [ -d "$$d" ] && [ -w "$$d" ] && echo ok)
-ifneq ($(BASE_PROBE),ok)
-  $(error NANOCHAT_BASE_DIR=$(B) is not a writable directory: point NANOCHAT_BASE_DIR at one you can write)
-endif
-endif
 
 # ============================================================================ the stages
 # Each block: what the stage does, its knobs (`VAR ?= <the script flag's default>`; presets above
@@ -270,8 +265,9 @@ data_args := DATA_ARGS
 DATA_ARGS ?=
 data_code := nanochat/dataset.py nanochat/embedded_corpus.py
 data_params := $(call params_of,data)
+data_outputs := base_data
 
-$(call stamp,data): $(call stale,data) | $(call deps_of,data) $(VENV_DEP)
+$(call stamp,data): | $(call deps_of,data) $(VENV_DEP)
 	$(call begin,data)
 	$(PY) -m nanochat.dataset $(call flags,dataset) $(DATA_ARGS)
 	$(call finish,data)
@@ -287,8 +283,9 @@ tokenizer_args := TOK_ARGS
 TOK_ARGS ?=
 tokenizer_code := nanochat/tokenizer.py scripts/tok_train.py
 tokenizer_params := $(call params_of,tokenizer)
+tokenizer_outputs := tokenizer
 
-$(call stamp,tokenizer): $(call stale,tokenizer) | $(call deps_of,tokenizer) $(VENV_DEP)
+$(call stamp,tokenizer): | $(call deps_of,tokenizer) $(VENV_DEP)
 	$(call begin,tokenizer)
 	$(PY) -m scripts.tok_train $(call flags,tok_train) $(TOK_ARGS)
 	$(PY) -m scripts.tok_eval
@@ -332,8 +329,11 @@ BASE_ARGS ?=
 pretrain_exec := DEVICE_BATCH_SIZE
 pretrain_code := nanochat/gpt.py nanochat/fp8.py nanochat/optim.py nanochat/dataloader.py nanochat/training.py scripts/base_train.py
 pretrain_params := $(call params_of,pretrain)
+# what later stages load: the final step's number, weights and meta
+ckpt_outputs = .stamps/$(2).step $(1)/$(MODEL_TAG)/model_{step}.pt $(1)/$(MODEL_TAG)/meta_{step}.json
+pretrain_outputs = $(call ckpt_outputs,base_checkpoints,pretrain)
 
-$(call stamp,pretrain): $(call stale,pretrain) | $(call deps_of,pretrain) $(VENV_DEP)
+$(call stamp,pretrain): | $(call deps_of,pretrain) $(VENV_DEP)
 	$(call begin,pretrain,step)
 	$(RUN_DIST) -m scripts.base_train -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --device-batch-size=$(DEVICE_BATCH_SIZE) \
 	  $(call flags,base_train) --resume=$(call resume_mode,pretrain) --record-output=$(STAMPS)/pretrain.step $(BASE_ARGS)
@@ -365,8 +365,9 @@ MID_ARGS ?=
 midtrain_exec := DEVICE_BATCH_SIZE
 midtrain_code := nanochat/training.py scripts/mid_train.py
 midtrain_params := $(call params_of,midtrain)
+midtrain_outputs = $(call ckpt_outputs,mid_checkpoints,midtrain)
 
-$(call stamp,midtrain): $(call stale,midtrain) | $(call deps_of,midtrain) $(VENV_DEP)
+$(call stamp,midtrain): | $(call deps_of,midtrain) $(VENV_DEP)
 	$(call begin,midtrain,step)
 	$(RUN_DIST) -m scripts.mid_train -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --device-batch-size=$(DEVICE_BATCH_SIZE) \
 	  --model-tag=$(MODEL_TAG) --model-step=$(call step_of,pretrain) $(call flags,mid_train) \
@@ -392,8 +393,9 @@ SFT_ARGS ?=
 sft_exec := SFT_DEVICE_BATCH_SIZE
 sft_code := nanochat/training.py scripts/chat_sft.py
 sft_params := $(call params_of,sft)
+sft_outputs = $(call ckpt_outputs,chatsft_checkpoints,sft)
 
-$(call stamp,sft): $(call stale,sft) | $(call deps_of,sft) $(VENV_DEP)
+$(call stamp,sft): | $(call deps_of,sft) $(VENV_DEP)
 	$(call begin,sft,step)
 	$(RUN_DIST) -m scripts.chat_sft -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --device-batch-size=$(SFT_DEVICE_BATCH_SIZE) \
 	  --source=mid --model-tag=$(MODEL_TAG) --model-step=$(call step_of,midtrain) $(call flags,chat_sft) \
@@ -421,8 +423,9 @@ RL_ARGS ?=
 rl_exec := RL_DEVICE_BATCH_SIZE
 rl_code := nanochat/training.py nanochat/rl.py scripts/chat_rl.py
 rl_params := $(call params_of,rl)
+rl_outputs = $(call ckpt_outputs,chatrl_checkpoints,rl)
 
-$(call stamp,rl): $(call stale,rl) | $(call deps_of,rl) $(VENV_DEP)
+$(call stamp,rl): | $(call deps_of,rl) $(VENV_DEP)
 	$(call begin,rl,step)
 	$(RUN_DIST) -m scripts.chat_rl -- --run=$(WANDB_RUN) --device-type=$(DEVICE_TYPE) --device-batch-size=$(RL_DEVICE_BATCH_SIZE) \
 	  --source=sft --model-tag=$(MODEL_TAG) --model-step=$(call step_of,sft) $(call flags,chat_rl) \
@@ -433,7 +436,7 @@ $(call stamp,rl): $(call stale,rl) | $(call deps_of,rl) $(VENV_DEP)
 # ---------------------------------------------------------------------------- report
 # report.md from the stage sections: rebuilt when missing or any stage was rebuilt since (its
 # stamp records their ids)
-$(REPORT): $(call stale,report) | $(call deps_of,report) $(VENV_DEP)
+$(REPORT): | $(call deps_of,report) $(VENV_DEP)
 	$(call take_lock,report)
 	$(if $(filter 0,$(NODE_RANK)),$(PY) -m nanochat.report generate)
 	$(call finish,report)
@@ -471,7 +474,7 @@ ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
 $(foreach v,NPROC NNODES DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE MID_EVAL_TOKENS SFT_EPOCHS SFT_DEVICE_BATCH_SIZE SFT_TARGET_EXAMPLES SFT_EVAL_STEPS CHAT_MAX_NEW_TOKENS RL_EPOCHS RL_EXAMPLES_PER_STEP RL_SAMPLES RL_MAX_NEW_TOKENS RL_EVAL_EXAMPLES RL_DEVICE_BATCH_SIZE,$(call check_posint,$(v),4))
 $(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS SFT_METRICS_MAX CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK RL_ITERATIONS,$(call check_int,$(v)))
 $(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC RL_LR_FRAC RL_TEMPERATURE,$(call check_number,$(v),0.02))
-$(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS RL_ARGS WANDB_RUN MODEL_TAG NANOCHAT_BASE_DIR,$(call check_noquote,$(v)))
+$(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS RL_ARGS WANDB_RUN MODEL_TAG,$(call check_noquote,$(v)))
 $(if $(filter 0 1,$(FP8)),,$(error FP8=$(FP8) must be 0 or 1))
 $(if $(filter 0 1,$(RL)),,$(error RL=$(RL) must be 0 or 1 (1 = speedrun also runs the rl stage)))
 $(if $(filter 1,$(RL_SAMPLES)),$(error RL_SAMPLES=1 gives every sample the group's own reward (no learning signal): use RL_SAMPLES>=2))
@@ -495,6 +498,16 @@ $(if $(filter 0,$(call rem,$(SFT_TARGET_EXAMPLES),$(SFT_DEVICE_BATCH_SIZE)*$(NPR
 ifneq ($(or $(filter 1,$(RL)),$(filter rl redo-rl,$(MAKECMDGOALS))),)
 $(if $(filter 0,$(call rem,$(RL_EXAMPLES_PER_STEP),$(NPROC)*$(NNODES))),,$(error RL_EXAMPLES_PER_STEP=$(RL_EXAMPLES_PER_STEP) is not a multiple of NPROC x NNODES = $(NPROC) x $(NNODES): change one of them))
 endif
+
+# ONE interpreter start per make call (stdlib only, no torch): refuses a base dir that is a file, or a
+# deleting verb aimed at /, $HOME or this checkout (resolved paths, however spelled), in one line;
+# else prints `ok` and the stale stages, which get FORCE. Never writes anything.
+PIPE := $(shell $(SYSTEM_PYTHON) -m nanochat.pipeline check $(call pipe_stages,$(ALL_STAGES) report) --redo '$(REDO)' \
+  --home $(call q,$(HOME)) --repo $(call q,$(CURDIR)) \
+  $(if $(filter clean clean-checkpoints distclean,$(MAKECMDGOALS)),--deletes $(call q,NANOCHAT_BASE_DIR=$(B))) \
+  $(if $(filter distclean,$(MAKECMDGOALS)),--deletes $(call q,VENV=$(VENV))) 2>&1)
+$(if $(filter ok,$(firstword $(PIPE))),,$(error $(or $(PIPE),nanochat.pipeline check printed nothing: is SYSTEM_PYTHON=$(SYSTEM_PYTHON) a working python3?)))
+$(foreach s,$(wordlist 2,$(words $(PIPE)),$(PIPE)),$(eval $(if $(filter report,$(s)),$(REPORT),$(call stamp,$(s))): FORCE))
 endif
 
 export OMP_NUM_THREADS
@@ -532,8 +545,7 @@ $(addprefix redo-,$(ALL_STAGES)): $(REPORT)
 redo-rl: $(call stamp,rl)
 
 status: ## each stage: up to date, or stale and why (never writes anything)
-	@$(SYSTEM_PYTHON) -m nanochat.pipeline status --stamps $(call q,$(STAMPS)) --output $(call q,report=$(REPORT)) \
-	  $(foreach s,$(STAGES) report,--stage $(call q,$(s)|$($(s)_deps)|$($(s)_params)))
+	@$(SYSTEM_PYTHON) -m nanochat.pipeline status $(call pipe_stages,$(STAGES) report)
 
 dag: ## print the stage graph (Mermaid)
 	@$(SYSTEM_PYTHON) -m nanochat.pipeline dag $(foreach s,$(STAGES),--stage $(call q,$(s)|$($(s)_deps)|))
@@ -569,7 +581,6 @@ clean-checkpoints: ## delete model checkpoints (base, mid, sft, rl) and their st
 distclean: ## delete EVERYTHING under NANOCHAT_BASE_DIR and .venv (needs CONFIRM=yes)
 	@echo "this deletes $(B) (data, tokenizer, checkpoints, report) and $(VENV)"
 	@if [ "$(CONFIRM)" != yes ]; then echo "nothing deleted: rerun as \`make distclean CONFIRM=yes\`"; exit 1; fi
-	@case '$(B)' in ''|/|$(HOME)) echo "refusing to delete '$(B)'" >&2; exit 1;; esac
 	rm -rf -- '$(B)' '$(VENV)'
 
 # ============================================================================ the virtualenv

@@ -10,7 +10,7 @@ watching make's log and the checkpoint directories), then checks the wreck:
 
 - every stamp that exists belongs to a stage whose outputs are complete and load (data shards open,
   the tokenizer loads, the recorded checkpoint step has meta + weights that load, the stage's report
-  sections exist);
+  sections exist) and are the files its stamp recorded (nanochat.pipeline.output_problems);
 
 then reruns `make speedrun` to completion and checks:
 
@@ -165,12 +165,14 @@ def verify_stamps(base: Path) -> list[str]:
     """Problems with stamps whose stage outputs are incomplete (empty list = all consistent)."""
     from nanochat import checkpoint_manager as ckm
     from nanochat.common import UserError
+    from nanochat.pipeline import output_problems, read_stamp
     stamps = base / ".stamps"
     problems = []
     with _with_base(base):
         for stage in STAGES:
             if not (stamps / f"{stage}.done").is_file():
                 continue
+            problems += [f"{stage} stamp: {p}" for p in output_problems(base, read_stamp(stamps / f"{stage}.done").outputs)]
             try:
                 if stage == "data":
                     from nanochat.shards import check_shard, list_parquet_files

@@ -53,12 +53,23 @@ def run_main(main: Callable[[], object]) -> None:
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            print(f"error: disk full while writing {exc.filename or 'output'}: free space under "
-                  f"{get_base_dir()} and rerun (finished outputs were not touched)", file=sys.stderr)
-            _abort_distributed()
-            sys.exit(2)
-        raise
+        if fs_error(exc) is None:
+            raise
+        print(f"error: {fs_error(exc)}", file=sys.stderr, flush=True)
+        _abort_distributed()
+        sys.exit(2)
+
+
+def fs_error(exc: OSError) -> str | None:
+    """One line for a file system refusing a write (full, read-only, not permitted); None for others."""
+    where = exc.filename or "output"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"disk full while writing {where}: free space under {base_dir_path()} and rerun "
+                f"(finished outputs were not touched)")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write {where} ({exc.strerror}): make {base_dir_path()} writable or point "
+                f"NANOCHAT_BASE_DIR at a writable directory, and rerun (finished outputs were not touched)")
+    return None
 
 
 def _abort_distributed() -> None:
@@ -75,12 +86,16 @@ def _abort_distributed() -> None:
 # ----------------------------------------------------------------------------- paths
 
 def get_base_dir() -> Path:
-    """All outputs live under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat), created on first use."""
-    return ensure_base_dir(base_dir_path())
+    """All outputs live under $NANOCHAT_BASE_DIR (default ~/.cache/nanochat), created on first use.
+    An existing one is only read here (a published model on a read-only mount must load): a stage
+    that writes checks with ensure_base_dir before it starts (training.init_run), and a write that
+    fails anyway (read-only remount, full disk) is one line through run_main."""
+    path = Path(base_dir_path())
+    return path if path.is_dir() else ensure_base_dir(path)
 
 
 def base_dir_path() -> str:
-    """$NANOCHAT_BASE_DIR or its default, neither checked nor created (get_base_dir does both)."""
+    """$NANOCHAT_BASE_DIR or its default, neither checked nor created."""
     return os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
 
 
@@ -141,7 +156,7 @@ def use_bytecode_cache(probe: str = "torch") -> None:
 def ensure_base_dir(raw: str | os.PathLike) -> Path:
     """The base dir, created if needed and writable, or a one-line UserError naming NANOCHAT_BASE_DIR.
 
-    The one place that decides whether a base dir is usable (get_base_dir, and `nanochat.pipeline
+    The one place that decides whether a base dir is usable for writing (the stages, and `nanochat.pipeline
     lock` for the Makefile), so a file in the way, a parent that cannot be created, a read-only
     mount or a path under /proc fails here in one line instead of as a traceback at the first write."""
     base = Path(raw)

@@ -567,3 +567,170 @@ def test_rl_examples_must_split_over_processes_only_where_rl_runs(pipe):
     assert res.returncode != 0 and "RL_EXAMPLES_PER_STEP=3" in res.stderr
     assert pipe.make("-n", "speedrun", "RL=1", "NPROC=2", "RL_EXAMPLES_PER_STEP=3").returncode != 0
     assert pipe.make("-n", "speedrun", "NPROC=2", "RL_EXAMPLES_PER_STEP=3").returncode == 0
+
+
+# ----------------------------------------------------------------------------- issue 30: nothing lost
+
+def _canaries(*dirs: Path) -> list[Path]:
+    """A file in each place a deleting verb removes under `dirs` (and in `dirs` itself)."""
+    files = []
+    for d in dirs:
+        for sub in ("", "report", ".stamps", "base_checkpoints"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+            (d / sub / "canary").write_text("keep me")
+            files.append(d / sub / "canary")
+    return files
+
+
+DELETING = [["distclean", "CONFIRM=yes"], ["clean"], ["clean-checkpoints"]]
+
+
+@pytest.mark.parametrize("verb", DELETING, ids=lambda v: v[0])
+@pytest.mark.parametrize("spelling", ["{home}/", "{home}//", "{home}/./", "{home}/keep/..", "{link}", "{link}/",
+                                      "{tmp}", "{repo}", "{repo}/", "{repo}/nanochat/.."])
+def test_deleting_verbs_refuse_home_and_the_checkout_however_spelled(pipe, tmp_path, verb, spelling):
+    """Issue 30.1: the guard compares resolved paths (a trailing slash, //, /./, .., a symlink)."""
+    home = tmp_path / "home"
+    (home / "keep").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(home)
+    canaries = _canaries(home, pipe.repo, tmp_path)
+    base = spelling.format(home=home, link=tmp_path / "link", tmp=tmp_path, repo=pipe.repo)
+    res = pipe.make(*verb, env={"HOME": str(home), "NANOCHAT_BASE_DIR": base})
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode != 0 and len(lines) == 1 and "refusing" in lines[0], res.stdout + res.stderr
+    assert all(c.exists() for c in canaries), [str(c) for c in canaries if not c.exists()]
+    assert (pipe.repo / "Makefile").exists()
+
+
+@pytest.mark.parametrize("base", ["/", "//", "/./", "/tmp/..", "{ancestor}", "{ancestor}/"])
+def test_deleting_verbs_refuse_the_root_and_the_checkouts_ancestors_at_parse_time(pipe, base):
+    """Only under -n (nothing runs even without the guard): the refusal must come at parse time."""
+    base = base.format(ancestor=pipe.repo.parent)
+    for verb in DELETING:
+        res = pipe.make("-n", *verb, env={"NANOCHAT_BASE_DIR": base})
+        assert res.returncode != 0 and "refusing" in res.stderr, (verb, res.stdout + res.stderr)
+    res = pipe.make("-n", "distclean", "CONFIRM=yes", "VENV=..")
+    assert res.returncode != 0 and "refusing" in res.stderr and "VENV" in res.stderr, res.stdout + res.stderr
+
+
+BAD_NAMES = ["sp ace", "it's", 'quo"te', "dol$lar", "back`tick", "back\\slash", "ha#sh", "per%cent", "co:lon",
+             "semi;colon", "tab\there", "com,ma", "eq=ual", "st*ar"]
+
+
+@pytest.mark.parametrize("how", ["environment", "command line"])
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_base_dir_with_shell_or_make_metacharacters_is_refused_before_any_recipe(repo, tmp_path, name, how):
+    """Issue 30.2: `/tmp/x/sp ace` once ran unasked stages and `rm -f /tmp/x/sp ace/...` deleted /tmp/x/sp."""
+    parent = tmp_path / "x"
+    parent.mkdir()
+    (parent / "sp").write_text("unrelated")
+    pipe = Pipeline(repo, parent / name)
+    for goal in ("data", "status", "clean"):
+        if how == "environment":
+            res = pipe.make(goal)
+        else:
+            res = pipe.make(goal, f"NANOCHAT_BASE_DIR={pipe.base}", env={"NANOCHAT_BASE_DIR": ""})
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode != 0 and len(lines) == 1 and "NANOCHAT_BASE_DIR" in lines[0], (goal, res.stderr)
+    assert (parent / "sp").read_text() == "unrelated"
+    assert sorted(p.name for p in parent.iterdir()) == ["sp"]       # no stage ran, nothing was created
+
+
+def _with_outputs(pipe, tag="d4", step=7):
+    """Output files where the real stages put them (the stub writes none): the stamps record them."""
+    big = bytes(range(256)) * 8192                                   # 2 MiB: hashed by its ends
+    files = {f"base_data/shard_{i:05d}.parquet": bytes([i]) * 5000 for i in range(4)}
+    files.update({"tokenizer/tokenizer.pkl": b"tok" * 100, "tokenizer/token_bytes.pt": b"tb" * 100})
+    for sub in ("base_checkpoints", "mid_checkpoints", "chatsft_checkpoints"):
+        files[f"{sub}/{tag}/model_{step:06d}.pt"] = big
+        files[f"{sub}/{tag}/meta_{step:06d}.json"] = b'{"step": 7}'
+    for rel, data in files.items():
+        (pipe.base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pipe.base / rel).write_bytes(data)
+    pipe.make("speedrun", check=True)
+    pipe.reset_log()
+
+
+def _flip(path: Path, offset: int):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage,reason,expected", [
+    (lambda b: (b / "base_data/shard_00003.parquet").unlink(), "output base_data/shard_00003.parquet missing", FULL),
+    (lambda b: (b / "tokenizer/tokenizer.pkl").write_bytes(b"tok" * 99 + b"tox"), "output tokenizer/tokenizer.pkl changed",
+     FROM_TOKENIZER),
+    (lambda b: (b / "chatsft_checkpoints/d4/model_000007.pt").write_bytes(b"trunc"),
+     "output chatsft_checkpoints/d4/model_000007.pt changed", FROM_SFT),
+    (lambda b: _flip(b / "mid_checkpoints/d4/model_000007.pt", -1), "output mid_checkpoints/d4/model_000007.pt changed",
+     FROM_MIDTRAIN),
+    (lambda b: (b / ".stamps/sft.step").unlink(), "output .stamps/sft.step missing", FROM_SFT),
+    (lambda b: (b / "report/report.md").unlink(), "output report/report.md missing", ["report"]),
+], ids=["shard deleted", "tokenizer corrupted", "sft weights truncated", "mid weights' tail", "sft step deleted",
+        "report deleted"])
+def test_missing_or_changed_outputs_make_their_stage_stale(pipe, damage, reason, expected):
+    """Issue 30.8: stamps record what each stage produced; `make`, `-n`, `-q` and `status` all see damage."""
+    _with_outputs(pipe)
+    assert pipe.make("-q", "speedrun").returncode == 0
+    damage(pipe.base)
+    assert pipe.make("-q", "speedrun").returncode == 1
+    assert reason in pipe.make("status").stdout
+    dry = stage_modules(pipe.make("-n", "speedrun").stdout)
+    pipe.make("speedrun", check=True)
+    assert pipe.calls() == expected == dry
+
+
+def test_output_checks_read_no_mtime_and_not_the_middle_of_big_files(pipe):
+    """A touch changes nothing; a same-size change inside a big file's middle is not seen (hashed by its
+    size and its ends, so a null make never rereads multi-GB checkpoints); small files are hashed whole."""
+    _with_outputs(pipe)
+    for p in pipe.base.rglob("*"):
+        os.utime(p, (1, 1))
+    _flip(pipe.base / "base_checkpoints/d4/model_000007.pt", 1 << 20)
+    assert pipe.make("-q", "speedrun").returncode == 0
+    _flip(pipe.base / "base_data/shard_00001.parquet", 2500)
+    assert "output base_data/shard_00001.parquet changed" in pipe.make("status").stdout
+
+
+def _ro(path: Path, *cmd, cwd=None, env=None):
+    """`cmd` with `path` mounted read-only (bubblewrap); root ignores file modes, so chmod cannot do it."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bubblewrap (bwrap) is not installed: no read-only bind mount")
+    probe = subprocess.run([bwrap, "--dev-bind", "/", "/", "--ro-bind", str(path), str(path), "true"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no read-only bind mount here: {probe.stderr.strip()}")
+    return subprocess.run([bwrap, "--dev-bind", "/", "/", "--ro-bind", str(path), str(path), *cmd], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_read_only_base_dir_answers_status_and_null_builds(pipe):
+    """Issue 30.9: a published model on a read-only mount: reading needs no write access; a stage that
+    would have to run says so in one line (exit 2) and nothing is lost."""
+    pipe.built()
+    before = pipe.snapshot()
+    make = ["make", "--no-print-directory", "PY=tests/fixtures/fake_py", "VENV_DEP="]
+    res = _ro(pipe.base, *make, "status", cwd=pipe.repo, env=pipe.env())
+    assert res.returncode == 0 and "up to date" in res.stdout and "STALE" not in res.stdout, res.stderr
+    for args in (["-q", "speedrun"], ["speedrun"], ["-n", "speedrun"]):
+        res = _ro(pipe.base, *make, *args, cwd=pipe.repo, env=pipe.env())
+        assert res.returncode == 0, (args, res.stderr)
+    res = _ro(pipe.base, *make, "speedrun", "DEPTH=6", cwd=pipe.repo, env=pipe.env())
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("make: ***")]
+    assert res.returncode != 0 and len(lines) == 1 and "NANOCHAT_BASE_DIR" in lines[0], res.stderr
+    assert "Traceback" not in res.stderr and pipe.snapshot() == before
+
+
+@pytest.mark.parametrize("cmd", [["lock", "{base}", "1", "--stage", "data"],
+                                 ["finish", "{base}/.stamps", "data", "DATA_SHARDS=8"]])
+def test_read_only_stamps_during_the_lock_or_finish_is_one_line(pipe, cmd):
+    """Issue 30.9: the base dir writable, its .stamps remounted read-only: one line, exit 2, no traceback."""
+    pipe.built()
+    import sys
+    args = [sys.executable, "-m", "nanochat.pipeline", *[a.format(base=pipe.base) for a in cmd]]
+    res = _ro(pipe.base / ".stamps", *args, cwd=pipe.repo, env=pipe.env())
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Read-only" in lines[0] or "read-only" in lines[0], res.stderr
