@@ -6,6 +6,10 @@ Layout of a checkpoint directory (`checkpoint_dir(source, tag)`):
     optim_<step:06d>_rank<r>.pt      rank r's optimizer state (+ its RNG state); sharded optimizers
     meta_<step:06d>.json             written LAST: a step is complete iff its meta and model exist
 
+A run that starts over while complete steps exist (--resume=fresh, changed settings) writes
+beside them, in `staging_dir` (`.<tag>.next`), and `publish` swaps it in only once the run is
+complete: a kill or a failure before that leaves the old run's model as it was.
+
 Every file goes through a temp file + rename (`atomic_torch_save`/`atomic_write_text`), and the
 meta is written only after a barrier, so every optimizer shard exists before a step looks
 complete. A crash therefore leaves at worst a partial step without meta, which `complete_steps`
@@ -19,8 +23,10 @@ validation numbers, the data loader states (one per rank) and the loop state use
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -154,7 +160,7 @@ def _hint_for(ckpt_dir: Path) -> str:
     parent = ckpt_dir.parent
     src = {v: k for k, v in SOURCES.items()}.get(parent.name)
     stage = _STAGE_HINT.get(src, "train it")
-    tags = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() else []
+    tags = sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")) if parent.is_dir() else []
     have = f" (available tags: {', '.join(tags)})" if tags else ""
     return f"run `{stage}` first or check --model-tag{have}"
 
@@ -272,7 +278,8 @@ def build_model(ckpt_dir, step: int | None, device, phase: str = "eval"):
 
 def find_model_tag(source: str) -> str:
     root = get_base_dir() / SOURCES[_source(source)]
-    tags = sorted(p.name for p in root.iterdir() if p.is_dir() and complete_steps(p)) if root.is_dir() else []
+    tags = sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and complete_steps(p)) if root.is_dir() else []
     if len(tags) == 1:
         return tags[0]
     if not tags:
@@ -316,6 +323,44 @@ def delete_step(ckpt_dir, step: int) -> None:
             f.unlink()
         except FileNotFoundError:
             pass
+
+
+def staging_dir(ckpt_dir) -> Path:
+    """Where a run that starts over writes while the old run's steps stay in `ckpt_dir`."""
+    d = Path(ckpt_dir)
+    return d.parent / f".{d.name}.next"
+
+
+def write_dir(ckpt_dir) -> Path:
+    """Where this run saves: the staging dir while it exists (nanochat.resume creates it for a run
+    that starts over on top of complete steps, and removes it for any other run), else `ckpt_dir`."""
+    beside = staging_dir(ckpt_dir)
+    return beside if beside.is_dir() else Path(ckpt_dir)
+
+
+def publish(ckpt_dir) -> bool:
+    """Replace `ckpt_dir` by its staging dir once that holds a complete step (the run's end): two
+    renames, the old run deleted last (`recover` completes a publish cut short between them)."""
+    d, beside = Path(ckpt_dir), staging_dir(ckpt_dir)
+    if not complete_steps(beside):
+        return False
+    old = d.parent / f".{d.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if d.exists():
+        os.rename(d, old)
+    os.rename(beside, d)
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def recover(ckpt_dir) -> None:
+    """Complete a publish killed between its renames (`ckpt_dir` gone, the old run set aside)."""
+    d, beside = Path(ckpt_dir), staging_dir(ckpt_dir)
+    old = d.parent / f".{d.name}.old"
+    if not d.exists() and old.is_dir():
+        os.rename(beside if complete_steps(beside) else old, d)
+    if d.exists():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_temp_files(ckpt_dir) -> None:

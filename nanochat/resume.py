@@ -2,12 +2,14 @@
 
 - `--resume-from-step N` loads exactly step N, refusing one made with another semantic config
   (training.semantic_config: the flags that define a run, execution settings excluded);
-- `--resume=auto` (default) continues from the newest COMPATIBLE complete step and, when there is
-  none, says so in one line and starts over;
+- `--resume=auto` (default) continues from the newest COMPATIBLE complete step (in the tag directory,
+  else in its staging dir: a run that had started over) and, when there is none, says so in one line
+  and starts over;
 - `--resume=fresh` always starts over.
 
-Starting over clears the output directory of the old run's checkpoints (the tag directory is this
-run's output slot; leaving them would mix two runs' steps). Resuming restores the model, the
+A run that starts over while the tag directory holds complete steps writes beside them
+(checkpoint_manager.staging_dir) and replaces them only at its end (training.record_output ->
+checkpoint_manager.publish): killed or failed before, it costs the old model nothing. Resuming restores the model, the
 per-rank optimizer shards, the RNG states, the data loader states and the loop history, so a
 resumed run logs exactly the losses of the uninterrupted one (same process count, deterministic
 kernels). With another process count the (sharded) optimizer state restarts and each data stream
@@ -21,6 +23,7 @@ state to the optimizers and data loaders; `rng_state` is what a checkpoint saves
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +55,11 @@ def _barrier():
         dist.barrier()
 
 
-def decide_resume(args, ckpt_dir: Path, semantic: dict) -> tuple[int | None, list[str], list[int]]:
-    """(step to resume or None, messages to print, steps to delete). Pure file inspection (rank 0)."""
+def decide_resume(args, ckpt_dir: Path, semantic: dict) -> tuple[int | None, list[str], list[int], Path]:
+    """(step to resume or None, messages to print, steps to delete, the directory this run writes:
+    `ckpt_dir` or its staging dir). Pure file inspection (rank 0)."""
     msgs: list[str] = []
-    complete = ckm.complete_steps(ckpt_dir)
-    everything = ckm.all_steps(ckpt_dir)
+    beside = ckm.staging_dir(ckpt_dir)
     if args.resume_from_step >= 0:
         step = ckm.resolve_step(ckpt_dir, args.resume_from_step)
         meta = ckm.read_meta(ckpt_dir, step)
@@ -66,33 +69,37 @@ def decide_resume(args, ckpt_dir: Path, semantic: dict) -> tuple[int | None, lis
                             f"({'; '.join(diff[:3])}{'; ...' if len(diff) > 3 else ''}): use the same flags, "
                             f"or --resume=fresh to start over")
         msgs.append(f"resuming from step {step} of {ckpt_dir} (--resume-from-step)")
-        return step, msgs, []
-    if args.resume == "fresh":
-        if everything:
-            msgs.append(f"--resume=fresh: removing {len(everything)} existing checkpoint step(s) from {ckpt_dir}")
-        return None, msgs, everything
-    # auto
+        return step, msgs, [], ckpt_dir
     first_diff = None
-    for step in reversed(complete):
-        try:
-            meta = ckm.read_meta(ckpt_dir, step)
-        except UserError as exc:
-            msgs.append(f"warning: ignoring checkpoint step {step}: {exc}")
-            continue
-        diff = ckm.config_differences(meta.get("semantic_config", {}), semantic)
-        if not diff:
-            stale = [s for s in everything if s > step or (s in complete and s != step and
-                     ckm.config_differences(_meta_or_empty(ckpt_dir, s).get("semantic_config", {}), semantic))]
-            msgs.append(f"resuming from step {step} of {ckpt_dir}")
-            if stale:
-                msgs.append(f"removing {len(stale)} checkpoint step(s) of another run from {ckpt_dir}")
-            return step, msgs, stale
-        first_diff = first_diff or diff
-    if everything:
+    for d in ([] if args.resume == "fresh" else [ckpt_dir, beside]):
+        complete, everything = ckm.complete_steps(d), ckm.all_steps(d)
+        for step in reversed(complete):
+            try:
+                meta = ckm.read_meta(d, step)
+            except UserError as exc:
+                msgs.append(f"warning: ignoring checkpoint step {step}: {exc}")
+                continue
+            diff = ckm.config_differences(meta.get("semantic_config", {}), semantic)
+            if not diff:
+                stale = [s for s in everything if s > step or (s in complete and s != step and
+                         ckm.config_differences(_meta_or_empty(d, s).get("semantic_config", {}), semantic))]
+                msgs.append(f"resuming from step {step} of {d}")
+                if stale:
+                    msgs.append(f"removing {len(stale)} checkpoint step(s) of another run from {d}")
+                return step, msgs, stale, d
+            first_diff = first_diff or diff
+    everything, kept = ckm.all_steps(ckpt_dir), ckm.complete_steps(ckpt_dir)
+    if args.resume == "fresh":
+        what = f"--resume=fresh: removing {len(everything)} existing checkpoint step(s) from {ckpt_dir}"
+    else:
         why = f" ({'; '.join(first_diff[:2])})" if first_diff else " (none complete)"
-        msgs.append(f"warning: checkpoints in {ckpt_dir} do not match this configuration{why}: starting over "
-                    f"and removing them")
-    return None, msgs, everything
+        what = f"warning: checkpoints in {ckpt_dir} do not match this configuration{why}: starting over and removing them"
+    if kept:  # the old run's model stays whole until this one has its own
+        msgs.append(f"{what} once this run ends (until then it writes beside them, in {beside})")
+        return None, msgs, ckm.all_steps(beside), beside
+    if everything:
+        msgs.append(what)
+    return None, msgs, everything, ckpt_dir
 
 
 def _meta_or_empty(ckpt_dir, step) -> dict:
@@ -104,31 +111,37 @@ def _meta_or_empty(ckpt_dir, step) -> dict:
 
 def resolve_resume(ctx, ckpt_dir: Path, semantic: dict) -> Resumed | None:
     """Apply the resume policy (see module doc) for the run `ctx` (a training.RunContext: master,
-    rank, world, device, args.resume/resume_from_step). Every rank must call it: rank 0 decides
-    and cleans up, the others receive the decision."""
+    rank, world, device, args.resume/resume_from_step). Every rank must call it: rank 0 decides,
+    sets up the directory the run writes (ckm.write_dir) and cleans up, the others receive the decision."""
     decision = None
     if ctx.master:
         try:
-            step, msgs, doomed = decide_resume(ctx.args, Path(ckpt_dir), semantic)
+            ckm.recover(ckpt_dir)
+            step, msgs, doomed, out = decide_resume(ctx.args, Path(ckpt_dir), semantic)
             for m in msgs:
                 print0(m)
+            beside = ckm.staging_dir(ckpt_dir)
+            if out == beside:
+                beside.mkdir(parents=True, exist_ok=True)  # from now on ckm.write_dir is the staging dir
+            else:
+                shutil.rmtree(beside, ignore_errors=True)  # a started-over run that this one does not continue
             for s in doomed:
-                ckm.delete_step(ckpt_dir, s)
-            ckm.remove_temp_files(ckpt_dir)
-            decision = ("ok", step)
+                ckm.delete_step(out, s)
+            ckm.remove_temp_files(out)
+            decision = ("ok", step, str(out))
         except UserError as exc:
             decision = ("error", str(exc))
     decision = _broadcast(decision)
     _barrier()
     if decision[0] == "error":
         raise UserError(decision[1])
-    step = decision[1]
+    step, src = decision[1], Path(decision[2])
     if step is None:
         return None
-    model_state, optim, meta = ckm.load_checkpoint(ckpt_dir, step, ctx.device, load_optimizer=False, rank=ctx.rank)
+    model_state, optim, meta = ckm.load_checkpoint(src, step, ctx.device, load_optimizer=False, rank=ctx.rank)
     saved_world = int(meta.get("world_size", ctx.world))
     if saved_world == ctx.world:
-        optim = ckm.load_optimizer_state(ckpt_dir, step, ctx.rank, "cpu", meta)
+        optim = ckm.load_optimizer_state(src, step, ctx.rank, "cpu", meta)
     else:
         print0(f"warning: step {step} was saved by {saved_world} process(es), this run has {ctx.world}: the "
                f"(sharded) optimizer state restarts and the data stream continues after the furthest position read")

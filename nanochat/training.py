@@ -38,8 +38,8 @@ import torch.distributed as dist
 
 from nanochat import checkpoint_manager as ckm
 from nanochat.resume import Resumed, resolve_resume, restore_optimizers, rng_state
-from nanochat.common import (PROCESS_START, UserError, atomic_write_text, compute_cleanup, compute_init, device_name,
-                             get_base_dir, get_peak_flops, print0)
+from nanochat.common import (PROCESS_START, UserError, atomic_write_text, base_dir_path, compute_cleanup, compute_init,
+                             device_name, ensure_base_dir, get_base_dir, get_peak_flops, print0)
 
 # flags that never change what is trained (excluded from semantic_config)
 EXECUTION_KEYS = frozenset({
@@ -181,6 +181,7 @@ class RunContext:
     compile: bool
     t_start: float
     wandb: object = None
+    ckpt_dir: Path | None = None     # the run's output checkpoint dir (resume_or_start), published at its end
 
     @property
     def master(self) -> bool:
@@ -229,6 +230,7 @@ def init_run(args, project: str = "nanochat") -> RunContext:
     # time to first step counts the imports (torch's are seconds) for the process's first run
     t_start = PROCESS_START if _runs_started == 0 else time.time()
     _runs_started += 1
+    ensure_base_dir(base_dir_path())  # a read-only or unusable base dir: one line now, not after training
     is_ddp, rank, local_rank, world, device = compute_init(args.device_type, args.seed)
     if args.dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -292,11 +294,13 @@ class Start:
 
 def resume_or_start(ctx: RunContext, model, ckpt_dir: Path, semantic: dict, lr_frac: float = 1.0,
                     compile_dynamic: bool | None = False) -> Start:
-    """Every stage's start-up, in this order: the resume policy for `ckpt_dir` (may clear an old
-    run's steps), refusal of a checkpoint of another model shape, its weights into `model`, the
-    optimizers (build_optimizers), their state and the RNG restored, then compilation. `model` is
-    the freshly initialised (or upstream) model on ctx.device."""
+    """Every stage's start-up, in this order: the resume policy for `ckpt_dir` (a run that starts
+    over writes beside the old run's steps until its end: record_output), refusal of a checkpoint of
+    another model shape, its weights into `model`, the optimizers (build_optimizers), their state and
+    the RNG restored, then compilation. `model` is the freshly initialised (or upstream) model on
+    ctx.device."""
     resumed = resolve_resume(ctx, ckpt_dir, semantic)
+    ctx.ckpt_dir = Path(ckpt_dir)
     if resumed is not None:
         if resumed.meta.get("model_config") != dataclasses.asdict(model.config):
             raise UserError(f"checkpoint step {resumed.step} in {ckpt_dir} has another model shape: --resume=fresh")
@@ -521,15 +525,20 @@ def save(ctx: RunContext, spec: TrainSpec, step: int, loader_state, loop_state: 
         "dataloader_state": states, "loop_state": loop_state, **{k: v for k, v in last_eval.items()},
     })
     optim = {"optimizers": [o.state_dict() for o in spec.optimizers], "rng": rng_state()}
-    ckm.save_checkpoint(spec.ckpt_dir, step, spec.orig_model.state_dict(), optim, meta, ctx.rank)
+    out = ckm.write_dir(spec.ckpt_dir)  # beside the old run's steps while this run started over
+    ckm.save_checkpoint(out, step, spec.orig_model.state_dict(), optim, meta, ctx.rank)
     if ctx.master and spec.keep_last > 0:
-        ckm.prune_checkpoints(spec.ckpt_dir, spec.keep_last, protect=(step,))
-    print0(f"saved checkpoint step {step} to {spec.ckpt_dir} ({time.time() - t0:.1f}s)")
+        ckm.prune_checkpoints(out, spec.keep_last, protect=(step,))
+    print0(f"saved checkpoint step {step} to {out} ({time.time() - t0:.1f}s)")
 
 
 # ============================================================================ reporting
 
 def record_output(ctx: RunContext, path: str, step: int) -> None:
+    """The run is complete: a run that started over beside an old one replaces it now (ckm.publish),
+    then its final step goes to `path` (what make's later commands load)."""
+    if ctx.master and ctx.ckpt_dir is not None and ckm.publish(ctx.ckpt_dir):
+        print0(f"checkpoints of the previous run in {ctx.ckpt_dir} replaced by this run's")
     if path and ctx.master:
         atomic_write_text(path, f"{step}\n")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from nanochat.common import UserError, dist_env, get_base_dir, run_main
+from nanochat.common import UserError, base_dir_path, dist_env, ensure_base_dir, run_main
 from nanochat.shards import parquets_iter_batched
 from nanochat.report import get_report
 from nanochat.tokenizer import MIN_VOCAB_SIZE, SPECIAL_TOKENS, Tokenizer
@@ -52,7 +52,7 @@ def main() -> None:
                         f"(256 byte tokens + {len(SPECIAL_TOKENS)} special tokens)")
     if args.max_chars < 1 or args.doc_cap < 1:
         raise UserError("--max-chars and --doc-cap must be positive")
-    out_dir = get_base_dir() / "tokenizer"  # an unusable base dir fails here, not after training
+    out_dir = ensure_base_dir(base_dir_path()) / "tokenizer"  # an unwritable base dir fails here, not after training
     print(f"training tokenizer: vocab {args.vocab_size:,}, up to {args.max_chars:,} chars, doc cap {args.doc_cap:,}",
           flush=True)
     stats = {"docs": 0, "chars": 0}

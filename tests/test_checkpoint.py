@@ -169,16 +169,16 @@ def test_resume_policy(base_dir):
     torch.save({}, ckm.model_path(d, 12))  # partial
     same = {"depth": 2}
     other = {"depth": 3}
-    step, msgs, doomed = decide_resume(_args(), d, same)
-    assert step == 8 and doomed == [12]
+    step, msgs, doomed, out = decide_resume(_args(), d, same)
+    assert step == 8 and doomed == [12] and out == d
     # incompatible: refuse an explicit step with a one-line reason...
     with pytest.raises(UserError, match=r"other settings \(depth: 2 -> 3\).*--resume=fresh"):
         decide_resume(_args(resume_from_step=4), d, other)
-    # ...while auto warns and starts over (clearing the old run's steps)
-    step, msgs, doomed = decide_resume(_args(), d, other)
-    assert step is None and doomed == [4, 8, 12] and any("do not match" in m for m in msgs)
-    step, msgs, doomed = decide_resume(_args(resume="fresh"), d, same)
-    assert step is None and doomed == [4, 8, 12]
+    # ...while auto warns and starts over, beside the old run's steps (they go when the new run ends)
+    step, msgs, doomed, out = decide_resume(_args(), d, other)
+    assert step is None and doomed == [] and out == ckm.staging_dir(d) and any("do not match" in m for m in msgs)
+    step, msgs, doomed, out = decide_resume(_args(resume="fresh"), d, same)
+    assert step is None and doomed == [] and out == ckm.staging_dir(d)
     with pytest.raises(UserError, match="not a complete checkpoint"):
         decide_resume(_args(resume_from_step=12), d, same)
 
@@ -217,3 +217,51 @@ def test_build_and_load_model(base_dir):
     meta_p.write_text(json.dumps(m))
     with pytest.raises(UserError, match="tokenizer"):
         ckm.build_model(d, 7, "cpu")
+
+
+# ----------------------------------------------------------------------------- starting over (issue 30.3)
+
+def _ctx(**kw):
+    from types import SimpleNamespace
+    return SimpleNamespace(master=True, rank=0, world=1, device="cpu", args=_args(**kw))
+
+
+def _files(d):
+    return {p.name: p.read_bytes() for p in d.iterdir()}
+
+
+@pytest.mark.parametrize("how", ["--resume=fresh", "other settings"])
+def test_starting_over_keeps_the_old_steps_until_the_new_run_is_complete(base_dir, how):
+    """`make redo-pretrain` (--resume=fresh) or changed settings, killed before the new run's last
+    checkpoint: the old model is still there, whole; the new run's steps live beside it until it ends."""
+    from nanochat.resume import resolve_resume
+    d = ckm.checkpoint_dir("base", "t")
+    model, opts = tiny_model()
+    save(d, 4, model, opts)
+    save(d, 8, model, opts)
+    before = _files(d)
+    fresh = how == "--resume=fresh"
+    semantic = {"depth": 2 if fresh else 3}
+    assert resolve_resume(_ctx(resume="fresh" if fresh else "auto"), d, semantic) is None   # starts over...
+    assert _files(d) == before                                   # ...and the old run is untouched
+    new, new_opts = tiny_model(seed=1)
+    save(ckm.write_dir(d), 2, new, new_opts, {"semantic_config": semantic})   # the new run's first save
+    assert _files(d) == before and ckm.find_model_tag("base") == "t"          # (a kill here loses nothing)
+    if not fresh:   # rerun with the same settings: the new run continues beside the old one
+        resumed = resolve_resume(_ctx(), d, semantic)
+        assert resumed.step == 2 and _files(d) == before
+    assert ckm.publish(d)                                        # its last checkpoint: it replaces the old run
+    assert ckm.complete_steps(d) == [2] and not ckm.staging_dir(d).exists()
+    assert torch.equal(ckm.load_checkpoint(d, 2, "cpu")[0]["lm_head.weight"], new.state_dict()["lm_head.weight"])
+
+
+def test_a_publish_cut_short_between_its_renames_is_completed(base_dir):
+    from nanochat.resume import resolve_resume
+    d = ckm.checkpoint_dir("base", "t")
+    model, opts = tiny_model()
+    save(d, 4, model, opts)
+    resolve_resume(_ctx(resume="fresh"), d, {"depth": 2})
+    save(ckm.write_dir(d), 1, model, opts)
+    d.rename(d.parent / ".t.old")                                # killed after publish's first rename
+    assert resolve_resume(_ctx(), d, {"depth": 2}).step == 1     # the next run finishes it first
+    assert ckm.complete_steps(d) == [1] and not (d.parent / ".t.old").exists()

@@ -12,11 +12,13 @@ SIGKILL-mid-pretrain trial; the other two trials are `slow` (`make test-all`).
 from __future__ import annotations
 
 import errno
+import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -148,3 +150,97 @@ def test_disk_full_during_checkpoint_write_tmpfs(tok_base, tmp_path):
         _assert_previous_step_intact(base, res.stderr)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# ----------------------------------------------------------------------------- issue 30: nothing lost, reading needs no writing
+
+def _make(base: Path, *args, timeout=300, wrap=()):
+    cmd = [*wrap, "make", "--no-print-directory", *args, *fault_soak.MICRO, f"PY={sys.executable}", "VENV_DEP="]
+    return subprocess.run(cmd, cwd=ROOT, env=fault_soak.make_env(base, None), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _ro_wrap(path: Path) -> list[str]:
+    """bubblewrap with `path` bind-mounted read-only (root ignores file modes: chmod cannot do it)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        pytest.skip("bubblewrap (bwrap) is not installed: no read-only bind mount")
+    wrap = [bwrap, "--dev-bind", "/", "/", "--ro-bind", str(path), str(path)]
+    probe = subprocess.run([*wrap, "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no read-only bind mount here: {probe.stderr.strip()}")
+    return wrap
+
+
+def test_killed_redo_pretrain_keeps_the_trained_model(trained_base, tmp_path):
+    """Issue 30.3: `make redo-pretrain` killed after its first new checkpoint: the finished model (every
+    step of it) is still there, byte for byte, and the stage is simply stale."""
+    base = trained_base.copy(tmp_path / "base")
+    d = base / "base_checkpoints" / fault_soak.TAG
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    cmd = ["make", "--no-print-directory", "redo-pretrain", *fault_soak.MICRO, f"PY={sys.executable}", "VENV_DEP="]
+    log = tmp_path / "redo.log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen(cmd, cwd=ROOT, env=fault_soak.make_env(base, None), stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while "saved checkpoint step 2" not in log.read_text(errors="replace"):
+            assert p.poll() is None and time.time() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.001)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before, log.read_text(errors="replace")[-2000:]
+    assert _make(base, "-q", "speedrun").returncode == 1                       # pretrain is not finished
+
+
+def test_read_only_base_dir_serves_chat_and_status(trained_base):
+    """Issue 30.9: a published model on a read-only mount: `make chat`, `make status`, a null `make
+    speedrun` and chat_cli itself work; nothing needs write access."""
+    base = trained_base.base                      # read-only in every sense here
+    wrap = _ro_wrap(base)
+    res = _make(base, "status", wrap=wrap)
+    assert res.returncode == 0 and "STALE" not in res.stdout, res.stdout + res.stderr
+    res = _make(base, "speedrun", wrap=wrap)
+    assert res.returncode == 0, res.stderr
+    res = _make(base, "chat", "PROMPT=Hello", wrap=wrap)
+    assert res.returncode == 0 and "Assistant:" in res.stdout, res.stdout[-2000:] + res.stderr
+    res = subprocess.run([*wrap, sys.executable, "-m", "scripts.chat_cli", "-i", "sft", "-p", "Hi", "-m", "4"], cwd=ROOT,
+                         env=subprocess_env(base), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "Assistant:" in res.stdout, res.stdout[-2000:] + res.stderr
+
+
+def test_read_only_checkpoint_dir_mid_stage_is_one_line(tok_base, tmp_path):
+    """Issue 30.9: the checkpoint directory remounted read-only under a training stage: one line, exit 2."""
+    base = tmp_path / "base"
+    shutil.copytree(tok_base, base)
+    (base / "base_checkpoints" / "d1").mkdir(parents=True)
+    res = subprocess.run([*_ro_wrap(base / "base_checkpoints"), sys.executable, "-m", "scripts.base_train", *TINY],
+                         cwd=ROOT, env=subprocess_env(base), capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert lines[0].startswith("error: ") and "read-only" in lines[0].lower(), lines
+
+
+def test_full_disk_during_the_lock_is_one_line(tmp_path):
+    """Issue 30.9: the base dir's file system fills up while make claims it: one line, exit 2."""
+    base = tmp_path / "base"
+    base.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", f"nanochat-test-{uuid.uuid4().hex[:8]}", str(base)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode})")
+    try:
+        with open(base / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"x" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+        res = subprocess.run([sys.executable, "-m", "nanochat.pipeline", "lock", str(base), "1", "--stage", "data"],
+                             cwd=ROOT, env=subprocess_env(base), capture_output=True, text=True, timeout=60)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: disk full"), res.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(base)], capture_output=True)
