@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from nanochat import execution
-from nanochat.execution import ExecutionResult, execute, sandbox_info
+from nanochat import execution, sandbox_run
+from nanochat.execution import execute, sandbox_info
+from nanochat.sandbox_run import ExecutionResult
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "killpg"), reason="POSIX only")
 
@@ -427,7 +428,7 @@ def test_os_layer_alone_contains_the_code(boundary, victims, listener):
     port, got = listener
     code = (f"TARGETS = {targets!r}\nSECRETS = {secrets!r}\nPORT = {port}\ndef _defeat():\n    return 0\n"
             + PAYLOAD)
-    res = execution._run(textwrap.dedent(code), 10.0, 512, execution._plan(), inprocess=False)
+    res = sandbox_run.run(textwrap.dedent(code), 10.0, 512, execution._plan(), inprocess=False)
     assert_contained(res, targets, secrets, got, boundary)
 
 
