@@ -459,7 +459,7 @@ def test_host_policy_names_per_bound_address():
     """Which Host names each binding answers to (a server bound to all interfaces is not started here)."""
     import socket as _socket
 
-    from nanochat.web import HostPolicy, host_name
+    from nanochat.web_request import HostPolicy, host_name
     assert [host_name(h) for h in ("LocalHost:8000", "[::1]:8000", "::1", "chat.example.org.", "1.2.3.4:80")] == \
         ["localhost", "::1", "::1", "chat.example.org", "1.2.3.4"]
     loop = HostPolicy("127.0.0.1")
