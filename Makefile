@@ -9,8 +9,10 @@
 # NPROC or batch-size changes rerun nothing (no decision reads an mtime), and `make -n`/`-q` stay
 # truthful and side-effect free. `make help` lists verbs and variables.
 #
-# Layout: toolchain and hardware; presets; the machinery; then ONE BLOCK PER STAGE (its knobs, the
-# flags they become, its rule) in DAG order; validation; the user verbs.
+# Layout: the presets; the DAG; ONE BLOCK PER STAGE (its knobs, the flags they become, its rule) in
+# DAG order; the user verbs. Machinery lives in included files: mk/setup.mk (toolchain, hardware,
+# launch), mk/stamps.mk (knob words -> flags and stamp records, lock, begin/finish), mk/checks.mk
+# (value validation, the one parse-time staleness check, the .venv rule).
 #
 # Defaults have ONE source of truth: the scripts' argparse defaults. Every semantic knob is still a
 # make variable (so the stamp records the effective value, whether or not the user spelled out the
@@ -21,94 +23,7 @@
 # included; passing a flag only when its variable is set would make a stamp differ between
 # `make pretrain` and `make pretrain EMBEDDING_LR=<its default>`.)
 
-SHELL := bash
-.SHELLFLAGS := -eu -o pipefail -c
-.DELETE_ON_ERROR:
-.SUFFIXES:
-MAKEFLAGS += --no-builtin-rules --no-builtin-variables
-.DEFAULT_GOAL := help
-
-ifeq ($(filter grouped-target,$(.FEATURES)),)
-  $(error GNU make >= 4.3 is required (found $(MAKE_VERSION)): use `nix develop` or install a newer make)
-endif
-
-# ============================================================================ where things live
-export NANOCHAT_BASE_DIR ?= $(HOME)/.cache/nanochat
-B      := $(NANOCHAT_BASE_DIR)
-STAMPS := $(B)/.stamps
-REPORT := $(B)/report/report.md
-# The path goes unquoted into file targets and recipes (GNU make cannot have a target with a blank):
-# anything but letters, digits and . _ - + @ / is refused here, before any rule is read. (As typed:
-# make would have expanded a $ in it already.)
-path_chars := a b c d e f g h i j k l m n o p q r s t u v w x y z A B C D E F G H I J K L M N O P Q R S T U V W X Y Z \
-  0 1 2 3 4 5 6 7 8 9 . _ - + @ /
-without = $(if $(2),$(call without,$(subst $(firstword $(2)),,$(1)),$(wordlist 2,$(words $(2)),$(2))),$(1))
-base_typed := $(if $(filter file default,$(origin NANOCHAT_BASE_DIR)),$(B),$(value NANOCHAT_BASE_DIR))
-ifneq ($(filter-out 1,$(words x$(base_typed)x))$(call without,$(base_typed),$(path_chars)),)
-  $(error NANOCHAT_BASE_DIR=$(base_typed) holds characters a make target or a shell recipe cannot carry: use a path of letters, digits and . _ - + @ / only (e.g. a symlink to that directory))
-endif
-
-# ============================================================================ toolchain
-# Inside `nix develop` (IN_NIX_SHELL set) the shell's python is used and nothing is installed.
-# Outside, a .venv is bootstrapped with pip on first use; TORCH_SPEC picks the torch build
-# (the default installs the CPU wheel on our CI image; use e.g. TORCH_SPEC='torch==2.11.0' plus
-# PIP_EXTRA='--index-url https://download.pytorch.org/whl/cu130' for a CUDA build).
-IN_NIX_SHELL ?=
-VENV       ?= .venv
-TORCH_SPEC ?= torch==2.13.0
-PIP_EXTRA  ?=
-# the package extras installed into .venv: add cudnn on NVIDIA machines (PY_EXTRAS=test,cudnn) for
-# cuDNN's sliding-window attention kernel (README, Dependencies)
-PY_EXTRAS  ?= test
-SYSTEM_PYTHON ?= python3
-ifneq ($(IN_NIX_SHELL),)
-  PY       ?= python3
-  VENV_DEP ?=
-else
-  PY       ?= $(VENV)/bin/python
-  VENV_DEP ?= $(VENV)/.installed
-endif
-
-# ============================================================================ hardware & launch
-# GPUs are counted read-only at parse time (no files touched), so `make help` shows real defaults.
-NGPUS := $(shell nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-ifeq ($(strip $(NGPUS)),)
-  NGPUS := 0
-endif
-ifeq ($(NGPUS),0)
-  PRESET      ?= tiny
-  DEVICE_TYPE ?= cpu
-  NPROC       ?= 1
-else
-  PRESET      ?= speedrun
-  DEVICE_TYPE ?= cuda
-  NPROC       ?= $(NGPUS)
-endif
-# multi-node: same `make pretrain` on every node; torchrun's own rendezvous does the rest
-NNODES      ?= 1
-NODE_RANK   ?= 0
-MASTER_ADDR ?= 127.0.0.1
-MASTER_PORT ?= 29500
-RDZV_ENDPOINT ?=
-USE_LIBUV   ?=
-
-# torchrun-compatible launcher; ours when USE_LIBUV=0 (a torch built without libuv)
-LAUNCHER ?= $(if $(filter 0,$(USE_LIBUV)),$(PY) -m nanochat.torchrun_no_libuv,$(PY) -m torch.distributed.run)
-ifeq ($(NNODES),1)
-  LAUNCH_ARGS := --standalone --nproc_per_node=$(NPROC)
-else ifneq ($(RDZV_ENDPOINT),)
-  LAUNCH_ARGS := --nnodes=$(NNODES) --nproc_per_node=$(NPROC) --rdzv-backend=c10d --rdzv-endpoint=$(RDZV_ENDPOINT)
-else
-  LAUNCH_ARGS := --nnodes=$(NNODES) --node_rank=$(NODE_RANK) --nproc_per_node=$(NPROC) --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)
-endif
-# Scripts are always called as `-m scripts.X -- --flags`: torchrun would otherwise parse (and
-# mis-abbreviate: --run -> --run-path) the script's flags itself; our scripts drop the "--".
-# one process on one node: plain python (no rendezvous, faster start)
-ifeq ($(NPROC)$(NNODES),11)
-  RUN_DIST ?= $(PY)
-else
-  RUN_DIST ?= $(LAUNCHER) $(LAUNCH_ARGS)
-endif
+include mk/setup.mk
 
 # ============================================================================ presets
 # A preset sets only the knobs it CHANGES from the scripts' defaults (command line and environment
@@ -163,10 +78,12 @@ endif
 RL ?= 0
 # execution-only knobs: never make a stage stale
 WANDB_RUN ?= dummy
-# verbs' own knobs: `make chat PROMPT=...`, `make serve PORT= HOST=`, `make soak TRIALS= SEED=`, `make distclean CONFIRM=yes`
+# verbs' own knobs: `make chat PROMPT=...`, `make serve PORT= HOST= ALLOWED_HOSTS=`, `make soak TRIALS= SEED=`, `make distclean CONFIRM=yes`
 PROMPT ?=
 PORT ?= 8000
 HOST ?= 127.0.0.1
+# names a reverse proxy serves the web chat under (`make serve ALLOWED_HOSTS='chat.lab.example'`)
+ALLOWED_HOSTS ?=
 CONFIRM ?=
 TRIALS ?= 50
 SEED ?= 0
@@ -174,32 +91,9 @@ SEED ?= 0
 # an edit to an eval helper should not silently retrain a 4-hour model)
 TRACK_CODE ?= 0
 
-# ============================================================================ the staleness machinery
-FORCE: ;
-empty :=
-space := $(empty) $(empty)
-# exact string equality (`filter` would treat % as a wildcard)
-eq = $(and $(findstring x$(1),x$(2)),$(findstring x$(2),x$(1)))
-# quote a make value for the shell
-q = '$(subst ','\'',$(1))'
+include mk/stamps.mk
 
-# A stage's knobs are declared once, per command, as words `flag=VAR` (`<cmd>_flags`; a store-true
-# flag, passed when VAR=1, in `<cmd>_switches`), where <cmd> is the module's name (scripts.<cmd>,
-# nanochat.dataset). From those words come
-#   $(call flags,<cmd>)     the command's flags: --flag=$(VAR) ...
-#   $(call knobs,<stage>)   the stage's semantic variables (of all of `<stage>_cmds`), sorted
-#   <stage>_params          the stamp's record: VAR=value;... plus the free-form <STAGE>_ARGS
-# and `make help` lists each stage's knobs from the same words. `<stage>_exec` names the stage's
-# execution-only variables (never recorded). Stamps record MAKE VARIABLE names (`DEPTH=20`), so
-# `make status` says `parameter DEPTH: 20 -> 26`. (Stamps written before this layout recorded other
-# keys, e.g. depth=, lr_scalar=: each such stage reruns once; training resumes where compatible.)
-flag_name = $(firstword $(subst =, ,$(1)))
-flag_var = $(lastword $(subst =, ,$(1)))
-flags = $(strip $(foreach f,$($(1)_flags),--$(call flag_name,$(f))=$($(call flag_var,$(f)))) $(foreach f,$($(1)_switches),$(if $(filter 1,$($(call flag_var,$(f)))),--$(call flag_name,$(f)))))
-knobs = $(sort $(foreach c,$($(1)_cmds),$(foreach f,$($(c)_flags) $($(c)_switches),$(call flag_var,$(f)))))
-code_hash = $(if $(filter 1,$(TRACK_CODE)),;code=$(firstword $(shell cat $(1) 2>/dev/null | sha256sum)))
-params_of = $(subst $(space),;,$(strip $(foreach v,$(call knobs,$(1)),$(v)=$($(v)))));$($(1)_args)=$($($(1)_args))$(call code_hash,$($(1)_code))
-
+# ============================================================================ the stages
 # the DAG, in one place: the stage blocks below and `make dag`/`make status` all read these lists.
 # rl is optional: always buildable (`make rl`, `redo-rl`), in STAGES (speedrun, report, status, dag) only with RL=1
 ALL_STAGES     := data tokenizer pretrain midtrain sft rl
@@ -216,40 +110,6 @@ report_outputs := report/report.md
 stamp = $(STAMPS)/$(1).done
 deps_of = $(foreach d,$($(1)_deps),$(call stamp,$(d)))
 
-# `make redo-<stage>` forces that stage (and everything after it)
-REDO := $(patsubst redo-%,%,$(filter redo-%,$(MAKECMDGOALS)))
-$(foreach s,$(REDO),$(if $(filter $(s),$(ALL_STAGES)),,$(error redo-$(s): unknown stage; stages are: $(ALL_STAGES))))
-
-# Staleness is decided on stamp CONTENT and output files, never on mtimes (a touch, a checkout or a
-# clock step must neither trigger nor hide a rerun), by ONE function, nanochat.pipeline's `evaluate`:
-# `make status` prints its reasons, and the parse-time `check` at the end of this file gives make the
-# stale stages (a stamp is read there, once all stage parameters are known). A stage is stale iff it
-# is redone, an upstream stage is stale (it will rerun first), its stamp is missing, the stamp records
-# other parameters or other upstream ids than there are now, or an output it records is missing or
-# changed. Each stage's `<stage>_outputs` (relative to the base dir, {step} = its final step) is what
-# `finish` records.
-pipe_stages = --base $(call q,$(B)) $(foreach s,$(1),--stage $(call q,$(s)|$($(s)_deps)|$($(s)_params)))
-# how a long stage treats existing checkpoints: resume if compatible, unless forced
-resume_mode = $(if $(filter $(1),$(REDO)),fresh,auto)
-
-# Only one pipeline per base dir: the first recipe of a run claims $(B)/.lock for this make
-# process (its pid + start time); a second make stops with a clear message. A lock whose owner
-# died (kill -9) is stale and is taken over. $$PPID in a recipe shell is make itself.
-# It also notes the stage's start time, so `finish` can record its wall time for the report.
-take_lock = @$(SYSTEM_PYTHON) -m nanochat.pipeline lock $(call q,$(B)) $$PPID --stage $(1)
-# after the stage succeeded: write its stamp (parameters, upstream ids, outputs, a fresh id) atomically
-define finish
-$(if $(filter 0,$(NODE_RANK)),@$(SYSTEM_PYTHON) -m nanochat.pipeline finish $(call q,$(B)) $(1) $(call q,$($(1)_params)) \
-  --deps '$($(1)_deps)' --outputs $(call q,$($(1)_outputs)),@true)
-endef
-# the first lines of every stage recipe: claim the lock, drop the stamp (and the step file)
-define begin
-$(call take_lock,$(1))
-rm -f $(call stamp,$(1)) $(if $(2),$(STAMPS)/$(1).step)
-endef
-step_of = $$(cat $(STAMPS)/$(1).step)
-
-# ============================================================================ the stages
 # Each block: what the stage does, its knobs (`VAR ?= <the script flag's default>`; presets above
 # override some), the flags they become, what is recorded, and the rule. Knob defaults must equal
 # the scripts' argparse defaults: tests/test_make_defaults.py checks every one.
@@ -441,77 +301,6 @@ $(REPORT): | $(call deps_of,report) $(VENV_DEP)
 	$(if $(filter 0,$(NODE_RANK)),$(PY) -m nanochat.report generate)
 	$(call finish,report)
 
-# ============================================================================ validation
-# Pure make functions: instant, no subprocess, nothing touched; an error here stops make while it
-# still parses, before any recipe runs.
-strip_digits = $(subst 9,,$(subst 8,,$(subst 7,,$(subst 6,,$(subst 5,,$(subst 4,,$(subst 3,,$(subst 2,,$(subst 1,,$(subst 0,,$(1)))))))))))
-is_posint = $(and $(strip $(1)),$(if $(strip $(call strip_digits,$(1))),,y),$(if $(subst 0,,$(1)),y))
-is_int = $(if $(filter 0,$(1)),y,$(call is_posint,$(patsubst -%,%,$(1))))
-has_digit = $(if $(call eq,$(call strip_digits,$(1)),$(1)),,y)
-is_number = $(and $(call has_digit,$(1)),$(if $(strip $(subst e,,$(subst E,,$(subst .,,$(subst -,,$(subst +,,$(call strip_digits,$(1)))))))),,y))
-check_posint = $(if $(call is_posint,$($(1))),,$(error $(1)=$($(1)) must be a positive integer (e.g. $(1)=$(2))))
-check_int = $(if $(call is_int,$($(1))),,$(error $(1)=$($(1)) must be an integer (-1 = automatic)))
-check_number = $(if $(call is_number,$($(1))),,$(error $(1)=$($(1)) must be a number (e.g. $(1)=$(2))))
-check_noquote = $(if $(findstring ',$($(1))),$(error $(1) must not contain a single quote))
-# process counts for parse-time arithmetic: 1 while NPROC / NNODES is not a number (the validation
-# below refuses it; `make help` must still print)
-node_procs = $(if $(call is_posint,$(NPROC)),$(NPROC),1)
-all_procs = $(node_procs) * $(if $(call is_posint,$(NNODES)),$(NNODES),1)
-
-# CPU threads per process (an execution setting, in no stamp; the environment or command line wins):
-# on CPU this node's cores split over its processes, so one process gets them all (torchrun alone
-# would pin each to 1); on GPUs 1, the setting every GPU benchmark in bench/ used. Computed before
-# the validation so that `make help` shows it.
-ifndef OMP_NUM_THREADS
-  ifeq ($(DEVICE_TYPE),cpu)
-    OMP_NUM_THREADS := $(shell n=$$(nproc 2>/dev/null || echo 1); t=$$(( n / $(node_procs) )); echo $$(( t > 0 ? t : 1 )))
-  else
-    OMP_NUM_THREADS := 1
-  endif
-endif
-
-ifneq ($(filter-out help,$(or $(MAKECMDGOALS),help)),)
-$(foreach v,NPROC NNODES DEPTH VOCAB_SIZE MAX_SEQ_LEN DATA_SHARDS TOK_MAX_CHARS TOK_DOC_CAP ASPECT_RATIO HEAD_DIM TOTAL_BATCH_SIZE DEVICE_BATCH_SIZE EVAL_TOKENS MID_TOTAL_BATCH_SIZE MID_EVAL_TOKENS SFT_EPOCHS SFT_DEVICE_BATCH_SIZE SFT_TARGET_EXAMPLES SFT_EVAL_STEPS CHAT_MAX_NEW_TOKENS RL_EPOCHS RL_EXAMPLES_PER_STEP RL_SAMPLES RL_MAX_NEW_TOKENS RL_EVAL_EXAMPLES RL_DEVICE_BATCH_SIZE,$(call check_posint,$(v),4))
-$(foreach v,NUM_ITERATIONS MID_ITERATIONS SFT_ITERATIONS SFT_METRICS_MAX CHAT_EVAL_MAX CORE_MAX_PER_TASK NODE_RANK RL_ITERATIONS,$(call check_int,$(v)))
-$(foreach v,EMBEDDING_LR UNEMBEDDING_LR MATRIX_LR WEIGHT_DECAY WARMUP_RATIO WARMDOWN_RATIO FINAL_LR_FRAC TARGET_PARAM_DATA_RATIO MID_INIT_LR_FRAC SFT_INIT_LR_FRAC RL_LR_FRAC RL_TEMPERATURE,$(call check_number,$(v),0.02))
-$(foreach v,DATA_ARGS TOK_ARGS BASE_ARGS MID_ARGS SFT_ARGS RL_ARGS WANDB_RUN MODEL_TAG,$(call check_noquote,$(v)))
-$(if $(filter 0 1,$(FP8)),,$(error FP8=$(FP8) must be 0 or 1))
-$(if $(filter 0 1,$(RL)),,$(error RL=$(RL) must be 0 or 1 (1 = speedrun also runs the rl stage)))
-$(if $(filter 1,$(RL_SAMPLES)),$(error RL_SAMPLES=1 gives every sample the group's own reward (no learning signal): use RL_SAMPLES>=2))
-$(if $(filter cpu cuda mps,$(DEVICE_TYPE)),,$(error DEVICE_TYPE=$(DEVICE_TYPE) must be cpu, cuda or mps))
-$(if $(filter L S,$(subst S,S ,$(subst L,L ,$(WINDOW_PATTERN)))),,$(error WINDOW_PATTERN=$(WINDOW_PATTERN) must be letters S and L, e.g. SSSL))
-$(if $(strip $(subst S,,$(subst L,,$(WINDOW_PATTERN)))),$(error WINDOW_PATTERN=$(WINDOW_PATTERN) must be letters S and L, e.g. SSSL))
-ifeq ($(DEVICE_TYPE),cuda)
-  ifeq ($(NGPUS),0)
-    $(error DEVICE_TYPE=cuda but no NVIDIA GPU is visible: use DEVICE_TYPE=cpu PRESET=tiny, or check the driver with `make doctor`)
-  endif
-  ifneq ($(shell test $(NPROC) -le $(NGPUS) && echo ok),ok)
-    $(error NPROC=$(NPROC) is larger than the $(NGPUS) GPU(s) visible: set NPROC<=$(NGPUS))
-  endif
-endif
-# batch sizes must divide: refused here, before any recipe removes a stamp (shell arithmetic, read-only)
-rem = $(shell echo $$(( $(1) % ($(2)) )))
-$(if $(filter 0,$(call rem,$(TOTAL_BATCH_SIZE),$(DEVICE_BATCH_SIZE)*$(MAX_SEQ_LEN)*$(NPROC)*$(NNODES))),,$(error TOTAL_BATCH_SIZE=$(TOTAL_BATCH_SIZE) is not a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN x NPROC x NNODES = $(DEVICE_BATCH_SIZE) x $(MAX_SEQ_LEN) x $(NPROC) x $(NNODES): change one of them))
-$(if $(filter 0,$(call rem,$(MID_TOTAL_BATCH_SIZE),$(DEVICE_BATCH_SIZE)*$(MAX_SEQ_LEN)*$(NPROC)*$(NNODES))),,$(error MID_TOTAL_BATCH_SIZE=$(MID_TOTAL_BATCH_SIZE) is not a multiple of DEVICE_BATCH_SIZE x MAX_SEQ_LEN x NPROC x NNODES = $(DEVICE_BATCH_SIZE) x $(MAX_SEQ_LEN) x $(NPROC) x $(NNODES): change one of them))
-$(if $(filter 0,$(call rem,$(SFT_TARGET_EXAMPLES),$(SFT_DEVICE_BATCH_SIZE)*$(NPROC)*$(NNODES))),,$(error SFT_TARGET_EXAMPLES=$(SFT_TARGET_EXAMPLES) is not a multiple of SFT_DEVICE_BATCH_SIZE x NPROC x NNODES = $(SFT_DEVICE_BATCH_SIZE) x $(NPROC) x $(NNODES): change one of them))
-# (only where rl can run: a process count that does not divide it must not block the other stages)
-ifneq ($(or $(filter 1,$(RL)),$(filter rl redo-rl,$(MAKECMDGOALS))),)
-$(if $(filter 0,$(call rem,$(RL_EXAMPLES_PER_STEP),$(NPROC)*$(NNODES))),,$(error RL_EXAMPLES_PER_STEP=$(RL_EXAMPLES_PER_STEP) is not a multiple of NPROC x NNODES = $(NPROC) x $(NNODES): change one of them))
-endif
-
-# ONE interpreter start per make call (stdlib only, no torch): refuses a base dir that is a file, or a
-# deleting verb aimed at /, $HOME or this checkout (resolved paths, however spelled), in one line;
-# else prints `ok` and the stale stages, which get FORCE. Never writes anything.
-PIPE := $(shell $(SYSTEM_PYTHON) -m nanochat.pipeline check $(call pipe_stages,$(ALL_STAGES) report) --redo '$(REDO)' \
-  --home $(call q,$(HOME)) --repo $(call q,$(CURDIR)) \
-  $(if $(filter clean clean-checkpoints distclean,$(MAKECMDGOALS)),--deletes $(call q,NANOCHAT_BASE_DIR=$(B))) \
-  $(if $(filter distclean,$(MAKECMDGOALS)),--deletes $(call q,VENV=$(VENV))) 2>&1)
-$(if $(filter ok,$(firstword $(PIPE))),,$(error $(or $(PIPE),nanochat.pipeline check printed nothing: is SYSTEM_PYTHON=$(SYSTEM_PYTHON) a working python3?)))
-$(foreach s,$(wordlist 2,$(words $(PIPE)),$(PIPE)),$(eval $(if $(filter report,$(s)),$(REPORT),$(call stamp,$(s))): FORCE))
-endif
-
-export OMP_NUM_THREADS
-
 # ============================================================================ user verbs
 .PHONY: help speedrun data tokenizer pretrain midtrain sft rl report chat serve status dag clean \
         clean-checkpoints distclean test test-all soak doctor $(addprefix redo-,$(ALL_STAGES)) FORCE
@@ -523,7 +312,7 @@ help: ## show verbs and variables (default goal)
 	@echo
 	@echo "Variables (current values; set on the command line or in the environment):"
 	@$(foreach v,NANOCHAT_BASE_DIR PRESET DEVICE_TYPE NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_ENDPOINT USE_LIBUV \
-	   WANDB_RUN OMP_NUM_THREADS RL TRACK_CODE TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT PORT HOST TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
+	   WANDB_RUN OMP_NUM_THREADS RL TRACK_CODE TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT PORT HOST ALLOWED_HOSTS TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
 	@$(foreach s,$(ALL_STAGES),echo; echo "  $(s) ($(foreach c,$($(s)_cmds),$(c))): semantic, then execution-only"; \
 	   $(foreach v,$(call knobs,$(s)) $($(s)_args) $($(s)_exec),printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));))
 	@echo
@@ -551,12 +340,13 @@ dag: ## print the stage graph (Mermaid)
 	@$(SYSTEM_PYTHON) -m nanochat.pipeline dag $(foreach s,$(STAGES),--stage $(call q,$(s)|$($(s)_deps)|))
 
 chat: | $(VENV_DEP) ## talk to the newest SFT model (PROMPT='...' for one answer)
-	@test -f $(STAMPS)/sft.step || { echo "error: no SFT model in $(B): run \`make sft\` first" >&2; exit 1; }
+	@test -f $(STAMPS)/sft.step || { echo "error: no SFT model in $(BASE): run \`make sft\` first" >&2; exit 1; }
 	$(PY) -m scripts.chat_cli -i sft -g $(MODEL_TAG) -s $(call step_of,sft) --device-type=$(DEVICE_TYPE) $(if $(PROMPT),-p $(call q,$(PROMPT)))
 
 serve: | $(VENV_DEP) ## web chat with the newest SFT model on http://HOST:PORT/ (PORT=8000 HOST=127.0.0.1)
-	@test -f $(STAMPS)/sft.step || { echo "error: no SFT model in $(B): run \`make sft\` first" >&2; exit 1; }
-	$(PY) -m scripts.chat_web -i sft -g $(MODEL_TAG) -s $(call step_of,sft) --device-type=$(DEVICE_TYPE) --host $(call q,$(HOST)) --port $(call q,$(PORT))
+	@test -f $(STAMPS)/sft.step || { echo "error: no SFT model in $(BASE): run \`make sft\` first" >&2; exit 1; }
+	$(PY) -m scripts.chat_web -i sft -g $(MODEL_TAG) -s $(call step_of,sft) --device-type=$(DEVICE_TYPE) --host $(call q,$(HOST)) --port $(call q,$(PORT)) \
+	  $(foreach h,$(ALLOWED_HOSTS),--allowed-host $(call q,$(h)))
 
 test: | $(VENV_DEP) ## run the test suite
 	$(PY) -m pytest -q tests -m "not slow"
@@ -570,27 +360,17 @@ doctor: | $(VENV_DEP) ## probe the toolchain: torch, CUDA, GPU, driver
 	$(PY) -m nanochat.doctor
 
 clean: ## delete the report and all stamps (outputs stay: reruns resume/skip cheaply)
-	@echo "deleting $(B)/report and $(STAMPS)"
-	rm -rf -- '$(B)/report' '$(STAMPS)'
+	@echo "deleting $(BASE)/report and $(STAMPS)"
+	rm -rf -- '$(BASE)/report' '$(STAMPS)'
 
 clean-checkpoints: ## delete model checkpoints (base, mid, sft, rl) and their stamps
-	@echo "deleting checkpoints under $(B) and the pretrain/midtrain/sft/rl stamps"
-	rm -rf -- '$(B)/base_checkpoints' '$(B)/mid_checkpoints' '$(B)/chatsft_checkpoints' '$(B)/chatrl_checkpoints'
+	@echo "deleting checkpoints under $(BASE) and the pretrain/midtrain/sft/rl stamps"
+	rm -rf -- '$(BASE)/base_checkpoints' '$(BASE)/mid_checkpoints' '$(BASE)/chatsft_checkpoints' '$(BASE)/chatrl_checkpoints'
 	rm -f -- $(foreach s,pretrain midtrain sft rl,'$(call stamp,$(s))' '$(STAMPS)/$(s).step')
 
 distclean: ## delete EVERYTHING under NANOCHAT_BASE_DIR and .venv (needs CONFIRM=yes)
-	@echo "this deletes $(B) (data, tokenizer, checkpoints, report) and $(VENV)"
+	@echo "this deletes $(BASE) (data, tokenizer, checkpoints, report) and $(VENV)"
 	@if [ "$(CONFIRM)" != yes ]; then echo "nothing deleted: rerun as \`make distclean CONFIRM=yes\`"; exit 1; fi
-	rm -rf -- '$(B)' '$(VENV)'
+	rm -rf -- '$(BASE)' '$(VENV)'
 
-# ============================================================================ the virtualenv
-# Content-tracked like a stage: reinstalled when pyproject.toml's content or TORCH_SPEC changes.
-venv_params := torch=$(TORCH_SPEC);pip_extra=$(PIP_EXTRA);extras=$(PY_EXTRAS);pyproject=$(firstword $(shell sha256sum pyproject.toml 2>/dev/null))
-$(VENV)/.installed: $(if $(call eq,$(strip $(file <$(VENV)/.installed)),$(strip $(venv_params))),,FORCE)
-	@echo "bootstrapping $(VENV) with $(TORCH_SPEC) (see TORCH_SPEC in README.md)"
-	rm -f $@
-	$(SYSTEM_PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) '$(TORCH_SPEC)'
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check $(PIP_EXTRA) -e '.[$(PY_EXTRAS)]'
-	@printf '%s' $(call q,$(venv_params)) > $@.tmp && mv -f $@.tmp $@
+include mk/checks.mk

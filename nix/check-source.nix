@@ -4,6 +4,7 @@
 # missing here. README.md is here because pyproject.toml names it as the package's readme.
 [
   "Makefile"
+  "mk"
   "README.md"
   "bench"
   "docs"

@@ -7,7 +7,7 @@
 
 The URL is printed on one line ("nanochat web chat: http://HOST:PORT/") once the model is loaded.
 API: POST /chat/completions (Server-Sent Events, Content-Type: application/json), GET /health.
-Requests for another Host name (421) or from another site's page (403) are refused: see nanochat/web.py.
+Requests for another Host name (421) or from another site's page (403) are refused: see nanochat/web_request.py.
 SIGINT/SIGTERM stop it gracefully.
 """
 from __future__ import annotations

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MAKEFILE = (ROOT / "Makefile").read_text()
+# the Makefile and the machinery it includes
+MAKEFILE = "\n".join(p.read_text() for p in [ROOT / "Makefile", *sorted((ROOT / "mk").glob("*.mk"))])
 PRESETS = ("tiny", "speedrun", "run1000")
 MODULE = {"dataset": "nanochat.dataset"}  # every other <cmd> is scripts.<cmd>
 
@@ -187,6 +188,7 @@ def built(tmp_path):
     shutil.copy2(ROOT / "tests" / "fixtures" / "fake_py", repo / "tests" / "fixtures" / "fake_py")
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy2(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "mk", repo / "mk")
     env = clean_env(NANOCHAT_BASE_DIR=str(tmp_path / "base"))
 
     def make(*args):

@@ -38,6 +38,7 @@ def repo(tmp_path):
     shutil.copy2(ROOT / "tests" / "fixtures" / "fake_py", dst / "tests" / "fixtures" / "fake_py")
     for name in ("Makefile", "pyproject.toml"):
         shutil.copy2(ROOT / name, dst / name)
+    shutil.copytree(ROOT / "mk", dst / "mk")
     return dst
 
 
@@ -140,7 +141,7 @@ def test_2_null_build_does_nothing(pipe):
 def test_3_touch_and_checkout_of_sources_rerun_nothing(pipe):
     pipe.built()
     future = time.time() + 3600
-    for p in list(pipe.repo.rglob("*.py")) + [pipe.repo / "Makefile", pipe.repo / "pyproject.toml"]:
+    for p in list(pipe.repo.rglob("*.py")) + list(pipe.repo.glob("mk/*.mk")) + [pipe.repo / "Makefile", pipe.repo / "pyproject.toml"]:
         os.utime(p, (future, future))
     assert pipe.make("-q", "speedrun").returncode == 0
     pipe.make("speedrun", check=True)
