@@ -1,17 +1,18 @@
-"""KV-cache decoding benchmark: ms per decoded token through `Engine.generate`, fast path vs old path.
+"""KV-cache decoding benchmark: ms per decoded token through `Engine.generate`, CUDA graph vs eager step.
 
-    python -m bench.bench_decode --depth 12 --out decode.jsonl            # H200: both paths, batch 1 and 8
+    python -m bench.bench_decode --depth 12 --out decode.jsonl            # H200: both, batch 1 and 8
     python -m bench.bench_decode --depth 2 --vocab 512 --new-tokens 8     # CPU smoke run
 
 Builds a freshly initialised GPT (`--depth`, vocab `--vocab`, window pattern `--window-pattern`) on
 the device, bf16 autocast on CUDA (as chat_eval and chat_cli run it), and for each path
-(`--path fast|dynamic|both`: fast = Engine(decode="static"), CUDA graphs on CUDA; dynamic = the
-KVCache path) and batch size (`--batches`, default 1 and 8) times `--repeats` whole generations of
-`--new-tokens` columns from a `--decode-prompt-len`-token prompt (after one untimed warmup
-generation, which also captures the graph), sampling at temperature 1. ms/token = wall time of one
-generation / columns (the short prompt's prefill included); tokens/s = batch * columns / wall time.
-Prefill: the median time of a `--prompt-len`-token prompt's forward into a KV cache (fast path: plus
-its copy into the static cache).
+(`--path graph|eager|both`: graph = Engine's default, the decode step replayed as a CUDA graph on
+CUDA; eager = Engine(cuda_graph=False), the same step run eagerly; on a CPU both are eager) and batch
+size (`--batches`, default 1 and 8) times `--repeats` whole generations of `--new-tokens` columns
+from a `--decode-prompt-len`-token prompt (after one untimed warmup generation, which also captures
+the graph), sampling at temperature 1. ms/token = wall time of one generation / columns (the short
+prompt's prefill included); tokens/s = batch * columns / wall time. Prefill: the median time of a
+`--prompt-len`-token prompt's forward into a KV cache plus its copy into the static cache.
+(The dynamic KV-cache decoder this path replaced is measured in bench/RESULTS.md.)
 
 The tokenizer is synthetic: its special tokens lie outside the vocabulary, so no row ever stops or
 calls the tool and every generation is exactly --new-tokens columns. `same_tokens` says whether the
@@ -61,8 +62,8 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_prefill(model, engine, prompt_len: int, fast: bool, device, repeats: int) -> float:
-    """Median ms of one prompt's forward into a KV cache (fast: and its copy into a static cache)."""
+def time_prefill(model, engine, prompt_len: int, device, repeats: int) -> float:
+    """Median ms of one prompt's forward into a KV cache and its copy into a static cache."""
     import torch
     prompt = torch.randint(0, 256, (1, prompt_len), device=device)
     times = []
@@ -70,13 +71,9 @@ def time_prefill(model, engine, prompt_len: int, fast: bool, device, repeats: in
         for i in range(repeats + 1):  # the first is warmup
             _sync(device)
             t0 = time.perf_counter()
-            cache = model.make_kv_cache(1, prompt_len if fast else prompt_len + 256)
+            cache = model.make_kv_cache(1, prompt_len)
             model(prompt, kv_cache=cache)
-            if fast:
-                if engine._pool is None:
-                    from nanochat.decode import DecoderPool
-                    engine._pool = DecoderPool(model, cuda_graph=engine.cuda_graph)
-                engine._pool.get(1, prompt_len + 256, cache.k.dtype, device).load_prefill(cache)
+            engine._pool.get(1, prompt_len + 256, cache.k.dtype, device).load_prefill(cache)
             _sync(device)
             if i:
                 times.append((time.perf_counter() - t0) * 1000)
@@ -114,7 +111,7 @@ def parse_args(argv=None):
     ap.add_argument("--depth", type=int, default=12)
     ap.add_argument("--vocab", type=int, default=32768)
     ap.add_argument("--window-pattern", default="L")
-    ap.add_argument("--path", choices=["fast", "dynamic", "both"], default="both")
+    ap.add_argument("--path", choices=["graph", "eager", "both"], default="both")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--decode-prompt-len", type=int, default=16)
@@ -122,7 +119,6 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device-type", default="", help="cuda|cpu (default: cuda if available)")
-    ap.add_argument("--no-cuda-graph", action="store_true", help="fast path without CUDA graphs (eager static step)")
     ap.add_argument("--out", default="", help="write the JSON lines here (overwritten)")
     args = ap.parse_args(argv)
     for name in ("depth", "vocab", "new_tokens", "decode_prompt_len", "prompt_len", "repeats"):
@@ -153,32 +149,30 @@ def main(argv=None) -> None:
     tok = SyntheticTokenizer(first_special=args.vocab)
     prompt = [(7 * i + 3) % 256 for i in range(args.decode_prompt_len)]
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
-    paths = ["fast", "dynamic"] if args.path == "both" else [args.path]
+    paths = ["graph", "eager"] if args.path == "both" else [args.path]
     rows, streams = [], {}
     out = open(args.out, "w") if args.out else None
     print(f"bench_decode: d{args.depth} vocab {args.vocab} window {args.window_pattern} on {device_name(device)}, "
           f"{args.new_tokens} new tokens", flush=True)
     with autocast:
         for path in paths:
-            engine = Engine(model, tok, decode="static" if path == "fast" else "dynamic",
-                            cuda_graph=not args.no_cuda_graph)
-            prefill_ms = time_prefill(model, engine, args.prompt_len, path == "fast", device, args.repeats)
+            engine = Engine(model, tok, cuda_graph=path == "graph")
+            prefill_ms = time_prefill(model, engine, args.prompt_len, device, args.repeats)
             for batch in args.batches:
                 wall, cols, stream = time_decode(engine, prompt, batch, args.new_tokens, device, args.repeats,
                                                  args.seed)
                 if batch == 1:
                     streams[path] = stream
-                graphs = (sum(d.graph is not None for d in engine._pool.decoders.values())
-                          if engine._pool is not None else 0)
+                graphs = sum(d.graph is not None for d in engine._pool.decoders.values())
                 row = {"path": path, "batch": batch, "depth": args.depth, "vocab": args.vocab,
                        "window_pattern": args.window_pattern, "device": device_name(device),
                        "new_tokens": args.new_tokens, "tokens": cols, "wall_s": round(wall, 4),
                        "ms_per_token": round(wall * 1000 / cols, 3),
                        "tokens_per_s": round(batch * cols / wall, 1),
                        "prefill_prompt_len": args.prompt_len, "prefill_ms": round(prefill_ms, 3),
-                       "cuda_graph": path == "fast" and graphs > 0}
+                       "cuda_graph": graphs > 0}
                 rows.append(row)
-    same = streams["fast"] == streams["dynamic"] if len(streams) == 2 else None
+    same = streams["graph"] == streams["eager"] if len(streams) == 2 else None
     for row in rows:
         row["same_tokens"] = same
         line = json.dumps(row)

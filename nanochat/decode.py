@@ -1,20 +1,18 @@
-"""Fast KV-cache decoding: a static cache, one fixed-shape decode step, replayed as a CUDA graph.
+"""KV-cache decoding: a static cache, one fixed-shape decode step replayed as a CUDA graph, the sampler.
 
-A decode step of a small model is all host overhead (a d12 step reads 0.6 GB of weights, ~0.13 ms on
-an H200, but launches a few hundred kernels from Python; the dynamic KVCache path also slices a
-growing cache and syncs once per token). Here:
+A decode step of a small model is all host overhead: a few hundred kernel launches from Python for
+little arithmetic. Here:
 
 - `StaticDecoder` owns a `StaticKVCache` of fixed (batch, max_len) and runs `GPT.decode_step`
   (token ids [B, 1] + the cache's position tensor -> logits [B, vocab]) on static input/output
   buffers. On CUDA the step is captured once as a `torch.cuda.CUDAGraph` (warmed up on a side
   stream) and every later step is one `replay()`; on CPU, or where capture fails, the same step runs
-  eagerly. The prefill stays the dynamic path (any length, any back end) and is copied into the
-  static cache.
-- `sample_on_device` draws the next tokens without a host sync: torch.multinomial's own algorithm
-  for one sample (argmax(probs / q), q ~ Exp(1) from the same generator), minus its validity checks,
-  so it returns the same tokens from the same generator state as nanochat.engine.sample_next.
+  eagerly. The prefill (GPT.forward into a KVCache, any length) is copied into the static cache.
+- `sample_next` draws the next tokens without a host sync: torch.multinomial's own algorithm for one
+  sample (argmax(probs / q), q ~ Exp(1) from the same generator), minus its validity checks, so it
+  returns the tokens torch.multinomial would from the same generator state.
 
-The engine's loop around it (nanochat.engine.Engine) syncs once every `sync_every` tokens.
+The loop around them (nanochat.engine.Engine) reads the tokens back once every `sync_every` steps.
 
 Assumptions of the graph capture (checked where cheap, documented where not):
 - The parameters and rotary buffers keep their storage between capture and replay (in-place updates
@@ -40,22 +38,23 @@ MAX_DECODERS = 4      # decoders (each a cache + a graph) an Engine keeps, least
 WARMUP_STEPS = 3      # eager steps on a side stream before capture (cuBLAS handles, lazy inits)
 
 
-def sample_on_device(logits: torch.Tensor, rng: torch.Generator | None, temperature: float = 1.0,
-                     top_k: int | None = None) -> torch.Tensor:
+def sample_next(logits: torch.Tensor, rng: torch.Generator | None, temperature: float = 1.0,
+                top_k: int | None = None) -> torch.Tensor:
     """logits [B, V] -> ids [B], on the logits' device, without reading anything back.
 
-    The same tokens as nanochat.engine.sample_next for the same generator state: greedy is the same
-    argmax; sampling replays torch.multinomial(probs, 1)'s algorithm for one sample (divide the
-    probabilities by Exp(1) noise drawn with exponential_ from the generator, take the argmax), which
-    draws the same noise, but skips its checks for inf/NaN probabilities (softmax of finite logits
-    has none) and so never waits on the device (tests/test_decode.py compares the two)."""
-    from nanochat.engine import sample_next
-    return sample_next(logits, rng, temperature, top_k, draw=_one_sample)
-
-
-def _one_sample(probs: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
-    noise = torch.empty_like(probs).exponential_(1, generator=rng)
-    return (probs / noise).argmax(dim=-1)
+    temperature <= 0 = greedy (argmax); top_k keeps the k most likely. Sampling replays
+    torch.multinomial(probs, 1)'s algorithm for one sample (divide the probabilities by Exp(1) noise
+    drawn with exponential_ from the generator, take the argmax): the same noise, so the same tokens
+    from the same generator state, but without its checks for inf/NaN probabilities (softmax of
+    finite logits has none), so it never waits on the device (tests/test_decode.py compares the two)."""
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    logits, idx = logits.float(), None
+    if top_k is not None and 0 < top_k < logits.size(-1):
+        logits, idx = torch.topk(logits, top_k, dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    choice = (probs / torch.empty_like(probs).exponential_(1, generator=rng)).argmax(dim=-1)
+    return choice if idx is None else idx.gather(-1, choice[:, None]).squeeze(-1)
 
 
 def bucket_length(needed: int, limit: int | None) -> int:

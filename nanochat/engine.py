@@ -5,9 +5,8 @@
         ...  # one token per sample per step; mask 1 = sampled by the model, 0 = forced (tool output)
     results, masks = engine.generate_batch(prompt_ids, num_samples=4, max_tokens=256)
 
-The prompt is prefilled ONCE with a batch-1 KV cache which is then expanded to `num_samples` rows
-(on CUDA by default into nanochat.decode's static cache, whose decode step replays as a CUDA graph;
-`Engine(..., decode="dynamic")` keeps the older growing-cache path: same columns, see Engine).
+The prompt is prefilled ONCE with a batch-1 KV cache, copied into every row of nanochat.decode's
+static cache, and decoded there by one fixed-shape step (a CUDA graph on CUDA, eager elsewhere).
 A row stops at <|assistant_end|> or <|bos|> (that token is the last one yielded for the row; later
 columns repeat it with mask 0 until every row has stopped or max_tokens is reached).
 
@@ -22,6 +21,8 @@ import math
 from collections import deque
 
 import torch
+
+from nanochat.decode import DecoderPool, sample_next
 
 # ----------------------------------------------------------------------------- calculator
 
@@ -126,27 +127,6 @@ def calculator(expr: str) -> str | None:
     return out if len(out) <= MAX_RESULT_CHARS else None
 
 
-# ----------------------------------------------------------------------------- sampling
-
-def multinomial_draw(probs: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
-    """probs [B, n] -> one index per row [B] (torch.multinomial, which checks its input on the host)."""
-    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
-
-
-def sample_next(logits: torch.Tensor, rng: torch.Generator | None, temperature: float = 1.0,
-                top_k: int | None = None, draw=multinomial_draw) -> torch.Tensor:
-    """logits [B, V] -> ids [B]. temperature 0 = greedy; top_k restricts to the k most likely.
-    `draw(probs, rng) -> [B]` picks one index per row (nanochat.decode passes a sync-free one)."""
-    if temperature <= 0.0:
-        return logits.argmax(dim=-1)
-    logits = logits.float()
-    if top_k is not None and 0 < top_k < logits.size(-1):
-        vals, idx = torch.topk(logits, top_k, dim=-1)
-        choice = draw(torch.softmax(vals / temperature, dim=-1), rng)
-        return idx.gather(-1, choice[:, None]).squeeze(-1)
-    return draw(torch.softmax(logits / temperature, dim=-1), rng)
-
-
 class _Row:
     __slots__ = ("forced", "in_python", "python_tokens", "done")
 
@@ -158,67 +138,35 @@ class _Row:
 
 
 MAX_TOOL_TOKENS = 256
-
-
-DECODE_MODES = ("auto", "static", "dynamic")
-SYNC_EVERY = 16  # static decoding reads the sampled tokens back once per this many steps
+SYNC_EVERY = 16  # on CUDA the sampled tokens are read back once per this many steps
 
 
 class Engine:
     """Sampling with a KV cache and the calculator tool (module docstring).
 
-    decode: "static" = the fast path (nanochat.decode: a preallocated cache written at a position
-    tensor, one fixed-shape step, replayed as a CUDA graph on CUDA when `cuda_graph`, eager
-    elsewhere; one host sync per `sync_every` tokens); "dynamic" = the KVCache path (a growing slice,
-    one sync per token; also every model without decode_step); "auto" = static on CUDA for models
-    that have it, dynamic otherwise (on a CPU the static step gains nothing: no launches to save,
-    and it attends over the whole preallocated cache). Both give the same columns and masks for the
-    same seed (greedy: the same tokens; sampled: the same generator stream; logits agree to float
-    rounding: tests/test_decode.py)."""
+    Decoding runs nanochat.decode's static cache and fixed-shape step: replayed as a CUDA graph on
+    CUDA when `cuda_graph`, eager elsewhere. Up to `sync_every` steps run between two reads of the
+    sampled tokens (default: SYNC_EVERY on CUDA; 1 elsewhere, where a read costs nothing and a longer
+    chunk would only add discarded steps). The columns do not depend on `sync_every` or `cuda_graph`
+    (tests/test_decode.py). `tokenizer` None (GPT.generate): no stop token and no tool."""
 
-    def __init__(self, model, tokenizer, decode: str = "auto", cuda_graph: bool = True,
-                 sync_every: int = SYNC_EVERY):
-        if decode not in DECODE_MODES:
-            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
-        if not isinstance(sync_every, int) or sync_every < 1:
+    def __init__(self, model, tokenizer, cuda_graph: bool = True, sync_every: int | None = None):
+        if sync_every is not None and (not isinstance(sync_every, int) or sync_every < 1):
             raise ValueError(f"sync_every must be a positive integer, got {sync_every!r}")
-        has_step = callable(getattr(model, "decode_step", None)) and callable(getattr(model, "make_static_kv_cache", None))
-        if decode == "static" and not has_step:
-            raise ValueError(f"decode='static' needs a model with decode_step/make_static_kv_cache "
+        if not all(callable(getattr(model, f, None)) for f in ("decode_step", "make_static_kv_cache")):
+            raise ValueError(f"Engine needs a model with decode_step/make_static_kv_cache "
                              f"({type(model).__name__} has none)")
-        self.model = model
-        self.tokenizer = tokenizer
-        self.decode, self.cuda_graph, self.sync_every = decode, cuda_graph, sync_every
-        self._has_static_step = has_step
-        self._pool = None  # nanochat.decode.DecoderPool, made on first static use
+        self.model, self.tokenizer, self.sync_every = model, tokenizer, sync_every
+        self._pool = DecoderPool(model, cuda_graph=cuda_graph)
+        if tokenizer is None:  # ids no model produces: nothing stops a row or opens a tool call
+            self.bos = self.assistant_end = self.python_start = self.python_end = -1
+            self.output_start = self.output_end = -1
+            return
         sp = tokenizer.encode_special
         self.bos = tokenizer.get_bos_token_id()
         self.assistant_end = sp("<|assistant_end|>")
         self.python_start, self.python_end = sp("<|python_start|>"), sp("<|python_end|>")
         self.output_start, self.output_end = sp("<|output_start|>"), sp("<|output_end|>")
-
-    def _device(self):
-        try:
-            return next(self.model.parameters()).device
-        except (StopIteration, AttributeError):
-            return torch.device("cpu")
-
-    def _max_positions(self) -> int | None:
-        m = self.model
-        for attr in ("rotary_len",):
-            if isinstance(getattr(m, attr, None), int):
-                return getattr(m, attr)
-        cfg = getattr(m, "config", None)
-        if cfg is not None and isinstance(getattr(cfg, "sequence_len", None), int):
-            return 10 * cfg.sequence_len
-        return None
-
-    def uses_static(self, device: torch.device | None = None) -> bool:
-        """Will generate() take the static (fast) path for this model on `device`?"""
-        if self.decode == "dynamic" or not self._has_static_step:
-            return False
-        device = device if device is not None else self._device()
-        return self.decode == "static" or device.type == "cuda"
 
     def _tool_output(self, row: _Row) -> None:
         expr = self.tokenizer.decode(row.python_tokens)
@@ -269,86 +217,42 @@ class Engine:
             raise ValueError("generate() needs at least one prompt token")
         if num_samples < 1:
             raise ValueError("num_samples must be >= 1")
-        limit = self._max_positions()
-        if limit is not None:
-            if len(tokens) >= limit:
-                raise ValueError(f"prompt of {len(tokens)} tokens does not fit the model's {limit} positions")
-            room = limit - len(tokens)
-            max_tokens = room if max_tokens is None else min(max_tokens, room)
-        elif max_tokens is None:
-            raise ValueError("max_tokens is required for this model")
+        limit = self.model.rotary_len
+        if len(tokens) >= limit:
+            raise ValueError(f"prompt of {len(tokens)} tokens does not fit the model's {limit} positions")
+        max_tokens = limit - len(tokens) if max_tokens is None else min(max_tokens, limit - len(tokens))
         if max_tokens <= 0:
             return
-        device = self._device()
+        model = self.model
+        device = next(model.parameters()).device
         rng = torch.Generator(device=device)
         rng.manual_seed(int(seed))
-        if self.uses_static(device):
-            yield from self._generate_static(tokens, num_samples, max_tokens, temperature, top_k, rng, device)
-        else:
-            yield from self._generate_dynamic(tokens, num_samples, max_tokens, temperature, top_k, rng, device)
-
-    def _generate_dynamic(self, tokens, num_samples, max_tokens, temperature, top_k, rng, device):
-        """The KVCache path: one forward per step over a growing cache slice, a host sync per token."""
-        model = self.model
-        use_cache = hasattr(model, "make_kv_cache")
-        prompt = torch.tensor([tokens], dtype=torch.long, device=device)
-        if use_cache:
-            cache = model.make_kv_cache(1, len(tokens) + max_tokens)
-            logits = model(prompt, kv_cache=cache)[:, -1, :]
-            if num_samples > 1:
-                expanded = cache.expand(num_samples)
-                cache = expanded if expanded is not None else cache
-        else:  # no cache support: recompute the whole sequence every step (slow; stand-ins and tests)
-            cache = None
-            seqs = prompt.expand(num_samples, -1).clone()
-            logits = model(prompt)[:, -1, :]
-        logits = logits.expand(num_samples, -1)
-        rows = [_Row() for _ in range(num_samples)]
-        for step in range(max_tokens):
-            sampled = sample_next(logits, rng, temperature, top_k).tolist()
-            column, masks = self._column(rows, sampled)
-            yield column, masks
-            if all(r.done for r in rows) or step + 1 == max_tokens:
-                break
-            ids = torch.tensor(column, dtype=torch.long, device=device).unsqueeze(1)
-            if use_cache:
-                logits = model(ids, kv_cache=cache)[:, -1, :]
-            else:
-                seqs = torch.cat([seqs, ids], dim=1)
-                logits = model(seqs)[:, -1, :]
-
-    def _generate_static(self, tokens, num_samples, max_tokens, temperature, top_k, rng, device):
-        """The fast path: the same columns as _generate_dynamic, read back in chunks.
-
-        While no row has forced tool output pending, up to `sync_every` steps run back to back on the
-        device: each samples (sample_on_device: same tokens as sample_next), feeds a stopped row
-        <|assistant_end|> as the host would (a done flag kept on the device), and replays the step;
-        then the chunk's tokens come back in one read and the host runs the exact per-token rules
-        (_column) over them. A row whose <|python_end|> makes the calculator answer needs its forced
-        output fed from the next column on, which the device could not know: the steps after that
-        column are discarded (the cache position rewound, the generator restored to its state before
-        the first discarded draw, the column fed again) and decoding goes one synced step at a time
-        until every forced token is in. The other rows then draw the same tokens again, so the result
-        equals the dynamic path's; the price is at most sync_every - 1 wasted steps per tool call and
-        after the last row stops."""
-        from nanochat.decode import DecoderPool
-        model = self.model
-        prefill = model.make_kv_cache(1, len(tokens))
+        prefill = model.make_kv_cache(1, len(tokens))  # one prefill, copied into every row
         logits = model(torch.tensor([tokens], dtype=torch.long, device=device), kv_cache=prefill)[:, -1, :]
-        if self._pool is None:
-            self._pool = DecoderPool(model, cuda_graph=self.cuda_graph)
         decoder = self._pool.get(num_samples, len(tokens) + max_tokens, prefill.k.dtype, device)
         decoder.load_prefill(prefill)
         del prefill
         decoder.in_use = True
         try:
-            yield from self._static_loop(decoder, len(tokens), logits.expand(num_samples, -1), num_samples,
-                                         max_tokens, temperature, top_k, rng, device)
+            yield from self._decode(decoder, len(tokens), logits.expand(num_samples, -1), num_samples,
+                                    max_tokens, temperature, top_k, rng, device)
         finally:
             decoder.in_use = False
 
-    def _static_loop(self, decoder, prompt_len, logits, n, max_tokens, temperature, top_k, rng, device):
-        from nanochat.decode import sample_on_device
+    def _decode(self, decoder, prompt_len, logits, n, max_tokens, temperature, top_k, rng, device):
+        """The columns, read back in chunks.
+
+        While no row has forced tool output pending, up to sync_every steps run back to back on the
+        device: each samples, feeds a stopped row <|assistant_end|> as the host would (a done flag kept
+        on the device), and steps; then the chunk's tokens come back in one read and the host runs the
+        exact per-token rules (_column) over them. A row whose <|python_end|> makes the calculator
+        answer needs its forced output fed from the next column on, which the device could not know:
+        the steps after that column are discarded (the cache position rewound, the generator restored
+        to its state before the first discarded draw, the column fed again) and decoding goes one step
+        at a time until every forced token is in. The other rows then draw the same tokens again, so
+        the columns do not depend on the chunk length; the price is at most sync_every - 1 wasted
+        steps per tool call and after the last row stops."""
+        every = self.sync_every or (SYNC_EVERY if device.type == "cuda" else 1)
         rows = [_Row() for _ in range(n)]
         stochastic = temperature > 0.0
         emitted = 0  # columns yielded; column c is fed at position prompt_len + c
@@ -358,8 +262,8 @@ class Engine:
 
         done = host_done()
         while True:
-            if any(r.forced for r in rows):  # tool output goes in: one synced step, as the dynamic path
-                column, masks = self._column(rows, sample_on_device(logits, rng, temperature, top_k).tolist())
+            if any(r.forced for r in rows):  # tool output goes in: one step, fed from the host
+                column, masks = self._column(rows, sample_next(logits, rng, temperature, top_k).tolist())
                 yield column, masks
                 emitted += 1
                 if all(r.done for r in rows) or emitted == max_tokens:
@@ -368,10 +272,10 @@ class Engine:
                 logits = decoder.step(torch.tensor(column, dtype=torch.long, device=device))
                 continue
             states, drawn = [], []
-            for _ in range(min(self.sync_every, max_tokens - emitted)):
+            for _ in range(min(every, max_tokens - emitted)):
                 if stochastic:
                     states.append(rng.get_state())  # host-side (seed, offset) on CUDA: no sync
-                tok = sample_on_device(logits, rng, temperature, top_k)
+                tok = sample_next(logits, rng, temperature, top_k)
                 drawn.append(tok)
                 if emitted + len(drawn) == max_tokens:
                     break  # the last column is never fed
@@ -385,9 +289,10 @@ class Engine:
                 emitted += 1
                 if all(r.done for r in rows) or emitted == max_tokens:
                     return
-                if any(r.forced for r in rows):  # steps j+1.. fed the wrong tokens: redo from column j
+                # steps j+1.. fed the wrong tokens: redo from column j (no later step: it was fed right)
+                if j + 1 < len(drawn) and any(r.forced for r in rows):
                     decoder.rewind(prompt_len + emitted - 1)
-                    if stochastic and j + 1 < len(states):
+                    if stochastic:
                         rng.set_state(states[j + 1])
                     done = host_done()
                     logits = decoder.step(torch.tensor(column, dtype=torch.long, device=device))

@@ -26,9 +26,9 @@ Training with torch.compile: GPT.compile_for_training compiles each block on its
 compilation: blocks with the same window share one graph, so compile time does not grow with depth);
 KV-cache inference always runs the plain modules (its Python-int cache position would recompile).
 
-Decoding: forward() with a KVCache (any length, a Python-int position: prefill, and the old decode
-path), or decode_step() over a StaticKVCache (one token per row at a position tensor, fixed shapes:
-the step nanochat.decode replays as a CUDA graph). Both run CausalSelfAttention._qkv.
+Decoding: forward() with a KVCache (any length, a Python-int position: the prompt's prefill), then
+decode_step() over a StaticKVCache (one token per row at a position tensor, fixed shapes: the step
+nanochat.decode replays as a CUDA graph). Both run CausalSelfAttention._qkv.
 """
 from __future__ import annotations
 
@@ -195,9 +195,6 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=dtype, device=self.device)
         self.v = torch.zeros(shape, dtype=dtype, device=self.device)
 
-    def reset(self):
-        self.pos = 0
-
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, Hkv, T, hd] at [pos, pos+T) of `layer`; return that layer's [0, pos+T)."""
         B, _, T, _ = k.shape
@@ -214,17 +211,6 @@ class KVCache:
 
     def advance(self, T: int):
         self.pos += T
-
-    def expand(self, n: int) -> "KVCache":
-        """A new cache of batch n whose every row is this (batch-1) cache's prefill."""
-        if self.batch_size != 1:
-            raise ValueError(f"expand() needs a batch-1 cache, this one has batch {self.batch_size}")
-        new = KVCache(n, self.max_len, self.n_layer, self.n_kv_head, self.head_dim, self.device)
-        new.pos = self.pos
-        if self.k is not None:
-            new.k = self.k.expand(-1, n, -1, -1, -1).clone()
-            new.v = self.v.expand(-1, n, -1, -1, -1).clone()
-        return new
 
 
 class StaticKVCache:
@@ -693,38 +679,12 @@ class GPT(nn.Module):
 
     # -- sampling
 
-    @torch.no_grad()
     def generate(self, tokens: list[int], max_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: int = 42):
-        """Yield up to max_tokens sampled token ids continuing `tokens` (batch 1, KV cache).
-        temperature 0 = greedy; top_k keeps the k most likely tokens before sampling."""
-        if not tokens:
-            raise ValueError("generate() needs at least one prompt token")
-        if max_tokens <= 0:
-            return
-        device = self.wte.weight.device
-        rng = torch.Generator(device=device)
-        rng.manual_seed(seed)
-        cache = self.make_kv_cache(1, len(tokens) + max_tokens)
-        ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
-        logits = self.forward(ids, kv_cache=cache)[:, -1, :]
-        for i in range(max_tokens):
-            nxt = sample_next_token(logits, rng, temperature, top_k)   # [1, 1]
-            yield int(nxt.item())
-            if i + 1 < max_tokens:
-                logits = self.forward(nxt, kv_cache=cache)[:, -1, :]
-
-
-def sample_next_token(logits: torch.Tensor, rng: torch.Generator | None = None, temperature: float = 1.0,
-                      top_k: int | None = None) -> torch.Tensor:
-    """logits [B, V] -> token ids [B, 1]."""
-    if temperature == 0.0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float()
-    if top_k is not None and top_k < logits.size(-1):
-        vals, idx = torch.topk(logits, top_k, dim=-1)
-        probs = F.softmax(vals / temperature, dim=-1)
-        choice = torch.multinomial(probs, 1, generator=rng)
-        return idx.gather(-1, choice)
-    probs = F.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=rng)
+        """Yield up to max_tokens sampled token ids continuing `tokens` (batch 1, no stop token, no
+        tool): nanochat.engine.Engine's decoding. temperature 0 = greedy; top_k keeps the k most likely."""
+        from nanochat.engine import Engine  # (engine imports no model code)
+        # one-off prompts (training samples): a CUDA graph capture would not pay for itself
+        for column, _ in Engine(self, None, cuda_graph=False).generate(tokens, 1, max_tokens, temperature,
+                                                                       top_k, seed):
+            yield column[0]

@@ -1,9 +1,10 @@
-"""nanochat.decode and Engine's static path: the same columns as the dynamic KVCache path.
+"""nanochat.decode and Engine's decoding: the same columns as a plain loop over the dynamic KVCache.
 
-CPU: the static-cache step (eager) against the dynamic path, for sliding-window layers, GQA, batch 1
-and 3, sampling, stops, a calculator tool call (which makes the chunked loop discard and redo steps),
-cache overflow, reuse of a decoder for a new prompt, and the benchmark's smoke run.
-GPU (skipped without CUDA): the CUDA graph path against the eager static and dynamic paths. The GPU
+CPU: the static-cache step (eager) against `reference` (one forward and one host read per token, the
+engine's own column rules), for sliding-window layers, GQA, batch 1 and 3, sampling, stops, a
+calculator tool call (which makes the chunked loop discard and redo steps), cache overflow, reuse of
+a decoder for a new prompt, and the benchmark's smoke run.
+GPU (skipped without CUDA): the CUDA graph path against the eager step and the reference. The GPU
 models have as many kv heads as query heads, as GPTConfig.from_depth builds them.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from bench.bench_decode import SyntheticTokenizer
 from nanochat import decode as D
-from nanochat.engine import Engine, sample_next
+from nanochat.engine import Engine, _Row
 from nanochat.gpt import GPT, GPTConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -44,9 +45,27 @@ def tok():
     return SyntheticTokenizer(first_special=FIRST_SPECIAL)
 
 
-def run(model, tok, decode, num_samples=1, max_tokens=40, temperature=0.0, top_k=None, seed=3, **kw):
-    engine = Engine(model, tok, decode=decode, **kw)
+def run(model, tok, num_samples=1, max_tokens=40, temperature=0.0, top_k=None, seed=3, **kw):
+    engine = Engine(model, tok, **kw)
     return list(engine.generate(PROMPT, num_samples, max_tokens, temperature, top_k, seed))
+
+
+@torch.no_grad()
+def reference(model, tok, num_samples=1, max_tokens=40, temperature=0.0, top_k=None, seed=3, prompt=PROMPT):
+    """The plain loop Engine's chunks must agree with: a dynamic KVCache holding the batch-1 prefill
+    in every row, one forward, torch.multinomial and one host read per token, the engine's column rules."""
+    device = model.wte.weight.device
+    rng = torch.Generator(device=device).manual_seed(seed)
+    cache = model.make_kv_cache(1, len(prompt) + max_tokens)
+    logits = model(torch.tensor([prompt], device=device), kv_cache=cache)[:, -1].expand(num_samples, -1)
+    cache.batch_size, cache.k, cache.v = num_samples, *(c.expand(-1, num_samples, -1, -1, -1).clone()
+                                                         for c in (cache.k, cache.v))
+    engine, rows, cols = Engine(model, tok), [_Row() for _ in range(num_samples)], []
+    for _ in range(max_tokens):
+        cols.append(engine._column(rows, multinomial_sample(logits, rng, temperature, top_k).tolist()))
+        if all(r.done for r in rows) or len(cols) == max_tokens:
+            return cols
+        logits = model(torch.tensor(cols[-1][0], device=device)[:, None], kv_cache=cache)[:, -1]
 
 
 # ----------------------------------------------------------------------------- the step itself
@@ -62,9 +81,8 @@ def test_decode_step_matches_the_kv_cache_forward(pattern, n_kv_head):
     with torch.no_grad():
         prefill = model.make_kv_cache(1, 10)
         model(idx[:1, :10], kv_cache=prefill)
-        dynamic = model.make_kv_cache(1, 40)
-        model(idx[:1, :10], kv_cache=dynamic)
-        dynamic = dynamic.expand(3)
+        dynamic = model.make_kv_cache(3, 40)
+        model(idx[:1, :10].expand(3, -1), kv_cache=dynamic)
         static = model.make_static_kv_cache(3, 64, torch.float32)
         static.k.normal_(0, 5.0)
         static.v.normal_(0, 5.0)
@@ -79,29 +97,38 @@ def test_decode_step_matches_the_kv_cache_forward(pattern, n_kv_head):
         assert static.pos.tolist() == [40]
 
 
-def test_sample_on_device_draws_what_sample_next_draws():
+def multinomial_sample(logits, rng, temperature, top_k):
+    """What D.sample_next must draw: torch.multinomial over the (top-k) softmax; argmax at temperature 0."""
+    if temperature <= 0.0:
+        return logits.argmax(dim=-1)
+    vals, idx = torch.topk(logits.float(), top_k, dim=-1) if top_k else (logits.float(), None)
+    choice = torch.multinomial(torch.softmax(vals / temperature, dim=-1), 1, generator=rng).squeeze(-1)
+    return choice if idx is None else idx.gather(-1, choice[:, None]).squeeze(-1)
+
+
+def test_sample_next_draws_what_multinomial_draws():
     """Same generator state -> same tokens as torch.multinomial's path, draw after draw."""
     logits = torch.randn(5, 500, generator=torch.Generator().manual_seed(0)) * 3
     for temperature, top_k in ((0.0, None), (1.0, None), (0.7, None), (1.0, 40), (0.5, 1)):
         a, b = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
         for _ in range(20):
-            want = sample_next(logits, a, temperature, top_k)
-            got = D.sample_on_device(logits, b, temperature, top_k)
+            want = multinomial_sample(logits, a, temperature, top_k)
+            got = D.sample_next(logits, b, temperature, top_k)
             assert torch.equal(got, want), (temperature, top_k)
-    draws = {tuple(D.sample_on_device(logits, torch.Generator().manual_seed(s), 1.0).tolist()) for s in range(5)}
+    draws = {tuple(D.sample_next(logits, torch.Generator().manual_seed(s), 1.0).tolist()) for s in range(5)}
     assert len(draws) > 1  # it does sample
 
 
-# ----------------------------------------------------------------------------- Engine: static == dynamic
+# ----------------------------------------------------------------------------- Engine == the plain loop
 
 
 @pytest.mark.parametrize("num_samples,temperature,top_k", [(1, 0.0, None), (3, 0.0, None), (1, 1.0, None),
                                                            (3, 1.0, None), (3, 0.8, 20)])
 @pytest.mark.parametrize("sync_every", [1, 7, 16])
-def test_static_engine_gives_the_dynamic_columns(tok, num_samples, temperature, top_k, sync_every):
+def test_engine_gives_the_reference_columns(tok, num_samples, temperature, top_k, sync_every):
     model = tiny_model("SL", window=4)
-    want = run(model, tok, "dynamic", num_samples, 40, temperature, top_k)
-    got = run(model, tok, "static", num_samples, 40, temperature, top_k, sync_every=sync_every)
+    want = reference(model, tok, num_samples, 40, temperature, top_k)
+    got = run(model, tok, num_samples, 40, temperature, top_k, sync_every=sync_every)
     assert got == want and len(got) >= 5
     if num_samples > 1 and temperature > 0:
         assert len({tuple(c[i] for c, _ in got) for i in range(num_samples)}) > 1  # independent rows
@@ -156,18 +183,18 @@ def tool_script(tok):
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
-def test_tool_call_and_stops_match_the_dynamic_path(tok, device, monkeypatch):
+def test_tool_call_and_stops_match_the_reference(tok, device, monkeypatch):
     """Row 0's <|python_end|> at column 5 arrives inside a 16-token chunk: the chunk's later steps
     fed the wrong token, so they are discarded and redone, and the freely sampled row 2 must draw
-    exactly what the dynamic path draws. (On CUDA this goes through the captured graph.)"""
+    exactly what the reference draws. (On CUDA this goes through the captured graph.)"""
     sp = tok.encode_special
     model = tiny_model("SL", window=4, n_kv_head=2 if device == "cpu" else 4, device=device, model_cls=ScriptedGPT)
     model.set_script(len(PROMPT), tool_script(tok))
     rewinds = []
     real_rewind = D.StaticDecoder.rewind
     monkeypatch.setattr(D.StaticDecoder, "rewind", lambda self, p: (rewinds.append(p), real_rewind(self, p))[1])
-    want = run(model, tok, "dynamic", 3, 30, temperature=1.0, seed=11)
-    got = run(model, tok, "static", 3, 30, temperature=1.0, seed=11, sync_every=16)
+    want = reference(model, tok, 3, 30, temperature=1.0, seed=11)
+    got = run(model, tok, 3, 30, temperature=1.0, seed=11, sync_every=16)
     assert got == want
     assert rewinds == [len(PROMPT) + 5]  # column 5 fed again, after the discarded steps
     row0 = [c[0] for c, _ in got]
@@ -180,23 +207,15 @@ def test_tool_call_and_stops_match_the_dynamic_path(tok, device, monkeypatch):
     assert len(got) == 30 and all(m[2] == 1 for _, m in got)  # row 2 sampled freely to the end
 
 
-def test_engine_chooses_the_path(tok):
-    model = tiny_model()
-    assert not Engine(model, tok).uses_static(torch.device("cpu"))         # auto: dynamic on a CPU
-    assert Engine(model, tok).uses_static(torch.device("cuda"))            # ... static on CUDA
-    assert Engine(model, tok, decode="static").uses_static(torch.device("cpu"))
-    assert not Engine(model, tok, decode="dynamic").uses_static(torch.device("cuda"))
-    with pytest.raises(ValueError, match="decode must be"):
-        Engine(model, tok, decode="fast")
+def test_engine_refuses_bad_settings(tok):
     with pytest.raises(ValueError, match="sync_every"):
-        Engine(model, tok, sync_every=0)
+        Engine(tiny_model(), tok, sync_every=0)
 
-    class NoStep(torch.nn.Module):  # a model without decode_step keeps the dynamic path
+    class NoStep(torch.nn.Module):  # no static decode step: nothing to decode with
         def forward(self, idx, kv_cache=None):
             return torch.zeros(idx.size(0), idx.size(1), VOCAB)
-    assert not Engine(NoStep(), tok).uses_static(torch.device("cuda"))
     with pytest.raises(ValueError, match="decode_step"):
-        Engine(NoStep(), tok, decode="static")
+        Engine(NoStep(), tok)
 
 
 # ----------------------------------------------------------------------------- decoder bookkeeping
@@ -222,12 +241,12 @@ def test_static_cache_overflow_is_an_error():
 
 def test_a_new_prompt_reuses_the_decoder_and_sees_none_of_the_old_one(tok):
     model = tiny_model()
-    engine = Engine(model, tok, decode="static")
+    engine = Engine(model, tok)
     first = list(engine.generate(PROMPT, 2, 30, 1.0, None, 5))
     other = [(3 * i + 1) % 256 for i in range(24)]
     second = list(engine.generate(other, 2, 30, 1.0, None, 5))
     assert len(engine._pool.decoders) == 1                         # same bucket: the same cache
-    fresh = list(Engine(model, tok, decode="static").generate(other, 2, 30, 1.0, None, 5))
+    fresh = list(Engine(model, tok).generate(other, 2, 30, 1.0, None, 5))
     assert second == fresh and second != first
     gen = engine.generate(PROMPT, 2, 30, 1.0, None, 5)
     next(gen)
@@ -254,13 +273,13 @@ def test_bench_decode_cpu_smoke(tmp_path, capsys):
                        "--decode-prompt-len", "8", "--batches", "1", "2", "--repeats", "1", "--out", str(out),
                        "--device-type", "cpu"])   # the CPU path, on a GPU box too
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["path"], r["batch"]) for r in rows] == [("fast", 1), ("fast", 2), ("dynamic", 1), ("dynamic", 2)]
+    assert [(r["path"], r["batch"]) for r in rows] == [("graph", 1), ("graph", 2), ("eager", 1), ("eager", 2)]
     for r in rows:
         assert r["tokens"] == r["new_tokens"] == 8 and r["device"] == "cpu" and r["cuda_graph"] is False
         assert r["ms_per_token"] > 0 and r["tokens_per_s"] > 0 and r["prefill_ms"] > 0
         assert r["prefill_prompt_len"] == 16 and r["depth"] == 2 and r["same_tokens"] is True
     table = capsys.readouterr().out
-    assert "| path | batch | ms/token | tokens/s |" in table and "| dynamic | 2 |" in table
+    assert "| path | batch | ms/token | tokens/s |" in table and "| eager | 2 |" in table
     with pytest.raises(bench_decode.UserError, match="--depth"):
         bench_decode.parse_args(["--depth", "0"])
 
@@ -268,21 +287,26 @@ def test_bench_decode_cpu_smoke(tmp_path, capsys):
 # ----------------------------------------------------------------------------- GPU: the CUDA graph
 
 
-def _greedy(model, tok, decode, num_samples, cuda_graph=True, prompt=PROMPT, max_tokens=40):
-    engine = Engine(model, tok, decode=decode, cuda_graph=cuda_graph)
+def _greedy(model, tok, num_samples, cuda_graph=True, prompt=PROMPT, max_tokens=40):
+    engine = Engine(model, tok, cuda_graph=cuda_graph)
     cols = list(engine.generate(prompt, num_samples, max_tokens, temperature=0.0))
-    return [[c[i] for c, _ in cols] for i in range(num_samples)], engine
+    return _by_row(cols, num_samples), engine
+
+
+def _by_row(cols, num_samples):
+    return [[c[i] for c, _ in cols] for i in range(num_samples)]
 
 
 @needs_cuda
 @pytest.mark.parametrize("num_samples", [1, 3])
-def test_graph_equals_eager_static_equals_dynamic_fp32(tok, num_samples):
-    """Without autocast the three paths agree token for token (their logits differ by ~1e-6)."""
+def test_graph_equals_eager_equals_reference_fp32(tok, num_samples):
+    """Without autocast the graph, the eager step and the reference agree token for token (their
+    logits differ by ~1e-6)."""
     model = tiny_model("SL", window=4, n_kv_head=4, device="cuda")
-    graph, engine = _greedy(model, tok, "static", num_samples)
-    assert Engine(model, tok).uses_static() and any(d.graph is not None for d in engine._pool.decoders.values())
-    eager, _ = _greedy(model, tok, "static", num_samples, cuda_graph=False)
-    dynamic, _ = _greedy(model, tok, "dynamic", num_samples)
+    graph, engine = _greedy(model, tok, num_samples)
+    assert any(d.graph is not None for d in engine._pool.decoders.values())
+    eager, _ = _greedy(model, tok, num_samples, cuda_graph=False)
+    dynamic = _by_row(reference(model, tok, num_samples, 40), num_samples)
     assert graph == eager == dynamic
 
 
@@ -290,14 +314,14 @@ def test_graph_equals_eager_static_equals_dynamic_fp32(tok, num_samples):
 @pytest.mark.parametrize("num_samples", [1, 3])
 def test_graph_path_under_bf16_autocast(tok, num_samples):
     """bf16: the graph replays exactly the eager static step (same kernels), token for token. The
-    dynamic path runs other attention kernels (flash over a growing slice, not the masked whole
+    reference's dynamic cache runs other attention kernels (flash over a growing slice, not the masked whole
     cache), so its logits differ by bf16 rounding: its tokens must agree wherever its own top two
     logits are not a near-tie, and up to the first place where they are."""
     model = tiny_model("SL", window=4, n_kv_head=4, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        graph, _ = _greedy(model, tok, "static", num_samples)
-        eager, _ = _greedy(model, tok, "static", num_samples, cuda_graph=False)
-        dynamic, _ = _greedy(model, tok, "dynamic", num_samples)
+        graph, _ = _greedy(model, tok, num_samples)
+        eager, _ = _greedy(model, tok, num_samples, cuda_graph=False)
+        dynamic = _by_row(reference(model, tok, num_samples, 40), num_samples)
         assert graph == eager
         for g, d in zip(graph, dynamic):
             if g == d:
@@ -315,14 +339,14 @@ def test_graph_path_under_bf16_autocast(tok, num_samples):
 @needs_cuda
 def test_graph_is_reused_for_a_new_prompt(tok):
     model = tiny_model("SL", window=4, n_kv_head=4, device="cuda")
-    a1, engine = _greedy(model, tok, "static", 2)
+    a1, engine = _greedy(model, tok, 2)
     other = [(3 * i + 1) % 256 for i in range(24)]
     cols = list(engine.generate(other, 2, 40, temperature=0.0))
     b = [[c[i] for c, _ in cols] for i in range(2)]
     a2 = [[c[i] for c, _ in list(engine.generate(PROMPT, 2, 40, temperature=0.0))] for i in range(2)]
     (dec,) = engine._pool.decoders.values()
     assert dec.captures == 1 and dec.graph is not None           # one capture, replayed for every prompt
-    b_eager, _ = _greedy(model, tok, "static", 2, cuda_graph=False, prompt=other)
+    b_eager, _ = _greedy(model, tok, 2, cuda_graph=False, prompt=other)
     assert b == b_eager and a2 == a1
     with torch.no_grad():                                        # parameters moved: the graph is recaptured
         model.lm_head.weight.data = model.lm_head.weight.data.clone()
@@ -337,13 +361,13 @@ def test_sampling_on_cuda_matches_multinomial_and_never_syncs(tok):
         a = torch.Generator(device="cuda").manual_seed(1)
         b = torch.Generator(device="cuda").manual_seed(1)
         for _ in range(10):
-            assert torch.equal(D.sample_on_device(logits, b, temperature, top_k),
-                               sample_next(logits, a, temperature, top_k))
-    # a whole generation: the static path reads back about once per chunk, the dynamic path per token
+            assert torch.equal(D.sample_next(logits, b, temperature, top_k),
+                               multinomial_sample(logits, a, temperature, top_k))
+    # a whole generation: chunks of 8 read back about once per chunk, chunks of 1 once per token
     model = tiny_model("L", n_kv_head=4, device="cuda")
     counts = {}
-    for decode in ("static", "dynamic"):
-        engine = Engine(model, tok, decode=decode, sync_every=8)
+    for every in (8, 1):
+        engine = Engine(model, tok, sync_every=every)
         list(engine.generate(PROMPT, 2, 64, temperature=1.0, seed=0))  # warm: graph captured
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("warn")
@@ -353,6 +377,6 @@ def test_sampling_on_cuda_matches_multinomial_and_never_syncs(tok):
                 list(engine.generate(PROMPT, 2, 64, temperature=1.0, seed=0))
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        counts[decode] = sum("synchroniz" in str(w.message) for w in seen)
-    assert counts["dynamic"] >= 63, counts                     # the counter works: one read per token
-    assert counts["static"] <= 64 // 8 + 8, counts               # one per chunk, plus the prefill's few
+        counts[every] = sum("synchroniz" in str(w.message) for w in seen)
+    assert counts[1] >= 63, counts                             # the counter works: one read per token
+    assert counts[8] <= 64 // 8 + 8, counts                    # one per chunk, plus the prefill's few

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nanochat.engine import Engine, calculator, tokens_to_parts
+from nanochat.gpt import GPT, GPTConfig
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "tasks"
 _spec = importlib.util.spec_from_file_location("tiny_chat", FIX / "tiny_chat.py")
@@ -79,7 +80,7 @@ def test_kv_cache_equals_full_recompute_greedy(model, tok):
 
 
 class Recorder(torch.nn.Module):
-    """Wraps a model and records the input shape of every forward call."""
+    """Wraps a model and records the input shape of every forward and decode step."""
 
     def __init__(self, inner):
         super().__init__()
@@ -91,9 +92,16 @@ class Recorder(torch.nn.Module):
     def make_kv_cache(self, *a, **k):
         return self.inner.make_kv_cache(*a, **k)
 
+    def make_static_kv_cache(self, *a, **k):
+        return self.inner.make_static_kv_cache(*a, **k)
+
     def forward(self, idx, kv_cache=None):
         self.shapes.append(tuple(idx.shape))
         return self.inner(idx, kv_cache=kv_cache)
+
+    def decode_step(self, idx, cache):
+        self.shapes.append(tuple(idx.shape))
+        return self.inner.decode_step(idx, cache)
 
 
 def test_samples_share_one_prefill_and_are_seeded(model, tok):
@@ -126,33 +134,47 @@ def test_max_tokens_clamped_to_positions(tok):
         next(Engine(short, tok).generate(list(range(40)), max_tokens=5))
 
 
-class ScriptedModel(torch.nn.Module):
-    """Emits a fixed script of tokens; WAIT = keep proposing <|assistant_end|> until <|output_end|> arrives.
+class ScriptedModel(GPT):
+    """Emits a fixed script of tokens (every row the same; past its end, the last entry again);
+    WAIT = keep proposing `fallback` (<|assistant_end|>) until `wake_token` (<|output_end|>) is fed.
 
-    If the engine did not force the tool output, the row would end at that <|assistant_end|>."""
+    If the engine did not force the tool output, the row would end at that <|assistant_end|>. A
+    one-layer GPT underneath keeps the KV caches; its logits are replaced. The script's place is
+    replayed from row 0's tokens fed so far (`seen`, by position: a rewound step is overwritten)."""
 
     WAIT = -1
 
     def __init__(self, vocab, script, wake_token):
-        super().__init__()
-        self.vocab, self.script, self.wake = vocab, script, wake_token
-        self.p = 0
-        self.seen = []
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-        self.fallback = None
+        super().__init__(GPTConfig(sequence_len=64, vocab_size=vocab, n_layer=1, n_head=1, n_kv_head=1, n_embd=8))
+        self.script, self.wake, self.fallback = script, wake_token, None
+        self.seen: list[int] = []
+        self.prompt_len = 0
 
-    def forward(self, idx, kv_cache=None):
-        self.seen.extend(idx[0].tolist() if idx.size(1) > 1 else [idx[0, 0].item()])
-        if self.script[self.p] == self.WAIT and self.wake in idx[0].tolist():
-            self.p += 1
-        tok = self.script[self.p]
-        if tok == self.WAIT:
-            tok = self.fallback
-        else:
-            self.p += 1
-        logits = torch.full((idx.size(0), idx.size(1), self.vocab), -10.0)
-        logits[:, -1, tok] = 10.0
+    def _scripted(self, pos: int, idx: torch.Tensor) -> torch.Tensor:
+        self.prompt_len = idx.size(1) if pos == 0 else self.prompt_len
+        self.seen[pos:] = idx[0].tolist()
+        p, tok = 0, None
+        for fed in [self.seen[:self.prompt_len]] + [[t] for t in self.seen[self.prompt_len:]]:  # one per call
+            if self.script[p] == self.WAIT and self.wake in fed:
+                p += 1
+            tok = self.script[p]
+            if tok == self.WAIT:
+                tok = self.fallback
+            else:
+                p = min(p + 1, len(self.script) - 1)
+        logits = torch.full((idx.size(0), self.config.vocab_size), -10.0)
+        logits[:, tok] = 10.0
         return logits
+
+    def forward(self, idx, targets=None, kv_cache=None, loss_reduction="mean"):
+        pos = kv_cache.pos if kv_cache is not None else 0
+        super().forward(idx, kv_cache=kv_cache)
+        return self._scripted(pos, idx)[:, None]
+
+    def decode_step(self, idx, cache):
+        pos = int(cache.pos)
+        super().decode_step(idx, cache)
+        return self._scripted(pos, idx)
 
 
 def test_tool_call_round_trip(tok):
@@ -172,7 +194,7 @@ def test_tool_call_round_trip(tok):
     assert masks[i + 1:i + 1 + len(forced)] == [0] * len(forced)      # injected, not sampled
     assert all(masks[:i + 1]) and all(masks[i + 1 + len(forced):])
     assert toks[-1] == end and tok.decode(toks[i + 1 + len(forced):-1]) == " so 42"
-    assert m.seen[-1 - len(tok.encode(" so 42")):][:1] == [sp("<|output_end|>")]  # the model was fed them
+    assert m.seen[len(prompt):][:len(toks) - 1] == toks[:-1]  # the model was fed every column, forced ones too
     parts = tokens_to_parts(tok, toks)
     assert parts == [{"type": "python", "text": "6*7"}, {"type": "python_output", "text": "42"},
                      {"type": "text", "text": " so 42"}]

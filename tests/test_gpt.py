@@ -9,7 +9,7 @@ import torch
 
 import nanochat.attention as A
 import nanochat.gpt as G
-from nanochat.gpt import GPT, GPTConfig, KVCache
+from nanochat.gpt import GPT, GPTConfig
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -390,22 +390,24 @@ def test_kv_cache_inference_avoids_per_shape_kernels(monkeypatch):
     assert seen == [True]                                    # layer 0 (L) ran SDPA with the defaults
 
 
-def test_kv_cache_expand_shares_one_prefill():
+def test_static_kv_cache_shares_one_prefill():
+    """A batch-1 prefill loaded into every row of a static cache: each row continues it on its own."""
     cfg = tiny(n_layer=2, window_pattern="SL", short_window=5, n_kv_head=1)
     model = make_model(cfg)
     prompt = torch.randint(0, 256, (1, 12))
-    cache = model.make_kv_cache(batch_size=1, max_len=16)
-    model(prompt, kv_cache=cache)
-    wide = cache.expand(3)
-    assert isinstance(wide, KVCache) and wide.pos == 12 and wide.k.shape[1] == 3
-    nxt = torch.tensor([[5], [77], [200]])
-    out = model(nxt, kv_cache=wide)[:, -1]
-    for r in range(3):
-        seq = torch.cat([prompt, nxt[r:r + 1]], dim=1)
-        torch.testing.assert_close(out[r], model(seq)[0, -1], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        cache = model.make_kv_cache(batch_size=1, max_len=12)
+        model(prompt, kv_cache=cache)
+        wide = model.make_static_kv_cache(3, 16, cache.k.dtype)
+        assert wide.load_prefill(cache) == 12 and wide.pos.tolist() == [12] and wide.k.shape[1] == 3
+        nxt = torch.tensor([[5], [77], [200]])
+        out = model.decode_step(nxt, wide)
+        for r in range(3):
+            seq = torch.cat([prompt, nxt[r:r + 1]], dim=1)
+            torch.testing.assert_close(out[r], model(seq)[0, -1], atol=1e-5, rtol=1e-5)
     assert cache.pos == 12  # the original cache is untouched
     with pytest.raises(ValueError):
-        wide.expand(2)
+        wide.load_prefill(model.make_kv_cache(batch_size=2, max_len=16))
 
 
 def test_generate_greedy_matches_naive_loop_and_sampling_is_seeded():
