@@ -299,9 +299,9 @@ class Engine:
                     break
 
     def generate_batch(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
-                       temperature: float = 1.0, top_k: int | None = None, seed: int = 42):
-        """-> (results, masks): per sample, prompt + generated ids (the stop token excluded) and the
-        matching mask (0 for prompt and forced tool-output tokens, 1 for sampled tokens)."""
+                       temperature: float = 1.0, top_k: int | None = None, seed: int = 42, keep_stop: bool = False):
+        """-> (results, masks): per sample, prompt + generated ids (the stop token excluded, unless
+        keep_stop) and the matching mask (0 for prompt and forced tool-output tokens, 1 for sampled)."""
         results = [list(tokens) for _ in range(num_samples)]
         masks = [[0] * len(tokens) for _ in range(num_samples)]
         done = [False] * num_samples
@@ -311,7 +311,8 @@ class Engine:
                     continue
                 if tok in (self.assistant_end, self.bos):
                     done[i] = True
-                    continue
+                    if not keep_stop:
+                        continue
                 results[i].append(tok)
                 masks[i].append(m)
         return results, masks

@@ -181,26 +181,6 @@ class Group:
     gen_lengths: list
 
 
-def sample_completions(engine, tokenizer, prompt: list[int], num_samples: int, max_new_tokens: int, temperature: float,
-                       top_k: int | None, seed: int) -> tuple[list[list[int]], list[list[int]]]:
-    """(rows, masks): prompt + generated tokens per sample. Unlike Engine.generate_batch the stop token
-    (<|assistant_end|> or <|bos|>) is kept: ending the answer is a sampled decision to train on too."""
-    stops = {tokenizer.encode_special("<|assistant_end|>"), tokenizer.get_bos_token_id()}
-    rows = [list(prompt) for _ in range(num_samples)]
-    masks = [[0] * len(prompt) for _ in range(num_samples)]
-    done = [False] * num_samples
-    for column, mcol in engine.generate(prompt, num_samples=num_samples, max_tokens=max_new_tokens,
-                                        temperature=temperature, top_k=top_k, seed=seed):
-        for i, (t, m) in enumerate(zip(column, mcol)):
-            if done[i]:
-                continue
-            rows[i].append(t)
-            masks[i].append(m)
-            if t in stops:
-                done[i] = True
-    return rows, masks
-
-
 def completion_text(tokenizer, row: list[int], prompt_len: int) -> str:
     return tokenizer.decode(row[prompt_len:])
 
@@ -210,7 +190,9 @@ def rollout(ctx, engine, tokenizer, task, index: int, num_samples: int, max_new_
     conv = task[index]
     prompt = tokenizer.render_for_completion(conv)
     with ctx.autocast():
-        rows, masks = sample_completions(engine, tokenizer, prompt, num_samples, max_new_tokens, temperature, top_k, seed)
+        # the stop token kept: ending the answer is a sampled decision to train on too
+        rows, masks = engine.generate_batch(prompt, num_samples, max_new_tokens, temperature, top_k, seed,
+                                            keep_stop=True)
     rewards = [float(task.reward(conv, completion_text(tokenizer, r, len(prompt)))) for r in rows]
     return Group(rows, masks, rewards, [len(r) - len(prompt) for r in rows])
 

@@ -211,4 +211,7 @@ def test_rows_stop_independently(model, tok):
     m = ScriptedModel(tok.get_vocab_size(), [*tok.encode("hi"), end] + [end] * 50, -99)
     res, masks = Engine(m, tok).generate_batch(_prompt(tok), num_samples=2, max_tokens=30, temperature=0.0)
     assert [r[len(_prompt(tok)):] for r in res] == [tok.encode("hi")] * 2
+    kept, kept_masks = Engine(m, tok).generate_batch(_prompt(tok), num_samples=2, max_tokens=30, temperature=0.0,
+                                                     keep_stop=True)  # RL trains on the stop too
+    assert [r[len(_prompt(tok)):] for r in kept] == [tok.encode("hi") + [end]] * 2 and kept_masks[0][-1] == 1
     assert tokens_to_parts(tok, tok.encode("plain text") + [end, 5, 6]) == "plain text"
