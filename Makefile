@@ -312,7 +312,7 @@ help: ## show verbs and variables (default goal)
 	@echo
 	@echo "Variables (current values; set on the command line or in the environment):"
 	@$(foreach v,NANOCHAT_BASE_DIR PRESET DEVICE_TYPE NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT RDZV_ENDPOINT USE_LIBUV \
-	   WANDB_RUN OMP_NUM_THREADS RL TRACK_CODE TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT PORT HOST ALLOWED_HOSTS TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
+	   WANDB_RUN OMP_NUM_THREADS RL TRACK_CODE PYCACHE TORCH_SPEC PIP_EXTRA PY_EXTRAS VENV PY PROMPT PORT HOST ALLOWED_HOSTS TRIALS SEED CONFIRM,printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));)
 	@$(foreach s,$(ALL_STAGES),echo; echo "  $(s) ($(foreach c,$($(s)_cmds),$(c))): semantic, then execution-only"; \
 	   $(foreach v,$(call knobs,$(s)) $($(s)_args) $($(s)_exec),printf '  %-24s %s\n' '$(v)' $(call q,$($(v)));))
 	@echo

@@ -22,10 +22,6 @@ import time
 
 T_START = time.time()
 
-from nanochat.common import use_bytecode_cache  # noqa: E402
-
-use_bytecode_cache()  # as every `python -m scripts.X` does, before torch
-
 import torch  # noqa: E402
 
 from nanochat.common import device_name, get_peak_flops  # noqa: E402

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 17 target 3 on the real script: time to first step of `scripts.base_train` (d20 SSSL, device
 # batch 32, through bench.bench_pretrain), cold and warm compile cache, with and without the bytecode
-# cache that `nanochat.common.use_bytecode_cache` now keeps under the base dir when the image forbids
-# writing .pyc (NANOCHAT_PYCACHE=0 turns it off: the image as it is). "Time to first step" counts from
+# cache under the base dir that the Makefile's PYCACHE rule sets up where the image forbids writing .pyc
+# (the _pyc runs set the same environment; the _plain runs leave the image as it is). "Time to first step" counts from
 # the first import of nanochat, before torch (nanochat.common.PROCESS_START).
 #
 # Runs, each a fresh process on its own or a shared compile cache:
@@ -24,6 +24,7 @@ python3 -c "import sys; print('dont_write_bytecode', sys.flags.dont_write_byteco
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,power.draw --format=csv,noheader
 caches=$(mktemp -d)
 J=$out/ttfs.jsonl; : >"$J"
+PYC=(-u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX="$base/pycache")  # what `make` exports there
 run() {  # label, compile-cache name, then env assignments
   local label=$1 cache=$2; shift 2
   echo "=== $label (t=${SECONDS}s)"
@@ -33,15 +34,15 @@ run() {  # label, compile-cache name, then env assignments
     | tee -a "$J" | cut -c1-400
   echo "pyc files in the bytecode cache: $(find "$base/pycache" -name '*.pyc' 2>/dev/null | wc -l)"
 }
-run cold_plain c1 NANOCHAT_PYCACHE=0
-run cold_pyc_first c2
-run cold_pyc c3
+run cold_plain c1
+run cold_pyc_first c2 "${PYC[@]}"
+run cold_pyc c3 "${PYC[@]}"
 echo "=== gemm_shapes (t=${SECONDS}s)"
 python3 -m bench.gemm_shapes --depth 20 --json "$out/gemm.jsonl"
 for r in 1 2 3; do
   if [ "$SECONDS" -gt "$budget" ]; then echo "(no warm round $r: t=${SECONDS}s)"; break; fi
-  run warm_plain c3 NANOCHAT_PYCACHE=0
-  run warm_pyc c3
+  run warm_plain c3
+  run warm_pyc c3 "${PYC[@]}"
 done
 for blas in cublas cublaslt; do
   if [ "$SECONDS" -gt "$((budget + 60))" ]; then echo "(no profile_step $blas: t=${SECONDS}s)"; break; fi

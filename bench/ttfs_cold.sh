@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Issue 17 target 3, cold half: where does a cold-compile-cache first step go once Python's bytecode
-# is cached (nanochat.common.use_bytecode_cache)? One run fills the bytecode cache, then N cold runs
+# is cached (as `make` keeps it where the image forbids writing it)? One run fills the bytecode cache, then N cold runs
 # (each on an empty inductor/Triton cache) of `bench.profile_step --startup`, the last under cProfile.
 set -uo pipefail
 out=${OUT:-bench-out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$(mktemp -d)}
+# the bytecode cache `make` sets up where the image forbids writing .pyc (mk/setup.mk, PYCACHE)
+if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}/pycache; fi
 n=${COLD_RUNS:-3}
 J=$out/cold.jsonl; : >"$J"
 one() {  # label, then extra python args before -m

@@ -6,6 +6,8 @@
 set -uo pipefail
 out=${OUT:-bench-out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1 NANOCHAT_BASE_DIR=${NANOCHAT_BASE_DIR:-$(mktemp -d)}
+# the bytecode cache `make` sets up where the image forbids writing .pyc (mk/setup.mk, PYCACHE)
+if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=${NANOCHAT_BASE_DIR:-$HOME/.cache/nanochat}/pycache; fi
 rounds=${ROUNDS:-3}
 J=$out/cold_ab.jsonl; : >"$J"
 B_ARGS=(--inductor triton.autotune_pointwise=False)

@@ -99,55 +99,6 @@ def base_dir_path() -> str:
     return os.environ.get("NANOCHAT_BASE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "nanochat")
 
 
-def installed_without_bytecode(package: str = "torch") -> bool:
-    """True when `package` is installed from sources with no bytecode beside them (found without
-    importing it; the interpreter's start-up has already imported importlib.util)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.origin or not spec.origin.endswith(".py") or sys.implementation.cache_tag is None:
-        return False
-    folder, name = os.path.split(spec.origin)
-    return not os.path.exists(os.path.join(folder, "__pycache__", f"{name[:-3]}.{sys.implementation.cache_tag}.pyc"))
-
-
-def bytecode_cache_dir() -> str:
-    """Where use_bytecode_cache keeps bytecode: $NANOCHAT_BASE_DIR/pycache (not created here)."""
-    return os.path.join(base_dir_path(), "pycache")
-
-
-def bytecode_source(probe: str = "torch") -> str:
-    """Where this interpreter gets `probe`'s bytecode: "installed" (beside its sources), "written"
-    (Python writes it there on first import), "cache" (use_bytecode_cache keeps it under the base
-    dir) or "none" (writing forbidden and NANOCHAT_PYCACHE=0: compiled from source every time)."""
-    if not installed_without_bytecode(probe):
-        return "installed"
-    if not sys.dont_write_bytecode:
-        return "written"
-    return "none" if os.environ.get("NANOCHAT_PYCACHE", "1") == "0" else "cache"
-
-
-def use_bytecode_cache(probe: str = "torch") -> None:
-    """Cache Python bytecode under the base dir for this process (and those it starts) when the
-    environment forbids writing it (PYTHONDONTWRITEBYTECODE=1 or `python -B`) and the `probe`
-    package was installed without any.
-
-    Some container images do both: every process then compiles torch, sympy and the rest (~2,500
-    modules) from source again: 6 s of a 15 s warm d20 start on the H200 (bench/RESULTS.md, "the
-    bytecode cache in our own set-up"). The cache goes to $NANOCHAT_BASE_DIR/pycache (sys.pycache_prefix),
-    so the install itself stays as it is, which is what that setting is usually there to protect.
-    A no-op where the probe has its bytecode (pip and Nix install it; a prefix would make Python
-    ignore it and compile everything once more) and with NANOCHAT_PYCACHE=0. Helps only before
-    `import torch`: every `python -m scripts.X` calls it first (scripts/__init__.py)."""
-    if not sys.dont_write_bytecode or bytecode_source(probe) != "cache":  # (the first test is the cheap one)
-        return
-    prefix = sys.pycache_prefix or bytecode_cache_dir()
-    try:
-        os.makedirs(prefix, exist_ok=True)
-    except OSError:  # an unusable base dir is reported, in one line, where the stage first needs it
-        return
-    sys.pycache_prefix = prefix
-    sys.dont_write_bytecode = False
     # child processes (torchrun's workers, inductor's compile pool) read the same cache; the ones
     # that run this function write to it too
     os.environ["PYTHONPYCACHEPREFIX"] = prefix

@@ -132,17 +132,28 @@ def libuv_store_available() -> str:
         return f"unknown ({type(exc).__name__})"
 
 
-def bytecode_status() -> str:
-    """Where the stages get torch's Python bytecode from (nanochat.common.use_bytecode_cache)."""
-    from nanochat.common import bytecode_cache_dir, bytecode_source
+def torch_lacks_bytecode() -> bool:
+    """True when torch is installed from sources with no bytecode beside them (found without importing it)."""
+    import importlib.util
 
-    return {
-        "installed": "installed with torch",
-        "written": "written beside torch's sources on its first import",
-        "none": ("NOT cached (PYTHONDONTWRITEBYTECODE=1, NANOCHAT_PYCACHE=0): every process compiles torch "
-                 "from source, seconds of each start"),
-        "cache": f"cached by the stages under {bytecode_cache_dir()} (PYTHONDONTWRITEBYTECODE=1 and torch ships none)",
-    }[bytecode_source("torch")]
+    spec = importlib.util.find_spec("torch")
+    origin = (spec and spec.origin) or ""
+    if not origin.endswith(".py") or sys.implementation.cache_tag is None:
+        return False
+    folder, name = os.path.split(origin)
+    return not os.path.exists(os.path.join(folder, "__pycache__", f"{name[:-3]}.{sys.implementation.cache_tag}.pyc"))
+
+
+def bytecode_status() -> str:
+    """Where this interpreter gets torch's Python bytecode (the Makefile's PYCACHE rule sets the prefix)."""
+    if sys.pycache_prefix:
+        return f"cached under {sys.pycache_prefix} (PYTHONPYCACHEPREFIX)"
+    if not torch_lacks_bytecode():
+        return "installed with torch"
+    if not sys.dont_write_bytecode:
+        return "written beside torch's sources on its first import"
+    return ("NOT cached (PYTHONDONTWRITEBYTECODE=1 and torch ships none): every process compiles torch from "
+            "source, seconds of each start; `make` keeps a cache under the base dir (unless PYCACHE=0)")
 
 
 def compiled_arch_list(torch) -> list[str]:

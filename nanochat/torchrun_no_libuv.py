@@ -193,8 +193,6 @@ def main(argv=None) -> None:
         _worker(argv[1:])
         return
 
-    from nanochat.common import use_bytecode_cache
-    use_bytecode_cache()  # before torch: the launcher's import, and the workers' (they read its cache)
     import torch.distributed.run as torchrun
 
     if not libuv_disabled():

@@ -9,11 +9,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-# No bytecode cache under any base dir (nanochat.common.use_bytecode_cache): importing a scripts
-# module here would otherwise point this process, and every subprocess, at a cache under whatever
-# NANOCHAT_BASE_DIR is at import time, on a machine that forbids writing bytecode beside torch.
-# The cache's own tests set the environment of their subprocesses themselves.
-os.environ["NANOCHAT_PYCACHE"] = "0"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -240,24 +240,19 @@ def test_doctor_full_and_strict_exit_codes():
     assert strict.returncode == (1 if "WARNING" in strict.stdout else 0), strict.stdout
 
 
-@pytest.mark.parametrize("missing,no_write,opt_out,expect", [
-    (False, True, "1", "installed with torch"),
-    (True, False, "1", "written beside"),
-    (True, True, "0", "NOT cached"),
-    (True, True, "1", "cached by the stages under"),
+@pytest.mark.parametrize("prefix,missing,no_write,expect", [
+    ("", False, True, "installed with torch"),
+    ("", True, False, "written beside"),
+    ("", True, True, "NOT cached"),
+    ("/some/base/pycache", True, False, "cached under /some/base/pycache"),
 ])
-def test_doctor_says_where_torchs_bytecode_comes_from(monkeypatch, tmp_path, missing, no_write, opt_out, expect):
-    import nanochat.common
-    from nanochat.doctor import bytecode_status
+def test_doctor_says_where_torchs_bytecode_comes_from(monkeypatch, prefix, missing, no_write, expect):
+    import nanochat.doctor
 
-    monkeypatch.setattr(nanochat.common, "installed_without_bytecode", lambda package="torch": missing)
+    monkeypatch.setattr(nanochat.doctor, "torch_lacks_bytecode", lambda: missing)
     monkeypatch.setattr(sys, "dont_write_bytecode", no_write)
-    monkeypatch.setenv("NANOCHAT_PYCACHE", opt_out)
-    monkeypatch.setenv("NANOCHAT_BASE_DIR", str(tmp_path))
-    status = bytecode_status()
-    assert status.startswith(expect), status
-    if expect.startswith("cached"):
-        assert str(tmp_path / "pycache") in status
+    monkeypatch.setattr(sys, "pycache_prefix", prefix or None)
+    assert nanochat.doctor.bytecode_status().startswith(expect)
 
 
 def test_doctor_rules():

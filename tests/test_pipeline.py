@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -735,3 +736,36 @@ def test_read_only_stamps_during_the_lock_or_finish_is_one_line(pipe, cmd):
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert "Read-only" in lines[0] or "read-only" in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("case", ["forbidden, torch has none", "opted out", "torch has bytecode", "writing allowed"])
+def test_bytecode_cache_under_the_base_dir_only_where_the_image_forbids_it(pipe, tmp_path, case):
+    """Where the environment forbids writing bytecode and torch ships none (some container images), the
+    Makefile points every recipe's Python at a cache under the base dir; otherwise it changes nothing.
+    PY is a stand-in: its `-c` probe sees a `torch` package (with or without bytecode), and run as a
+    verb it records the environment the recipe gave it."""
+    site = tmp_path / "site"
+    (site / "torch").mkdir(parents=True)
+    (site / "torch" / "__init__.py").write_text("")
+    if case == "torch has bytecode":
+        import py_compile
+        src = site / "torch" / "__init__.py"
+        py_compile.compile(str(src), cfile=str(src.parent / "__pycache__" / f"__init__.{sys.implementation.cache_tag}.pyc"),
+                           doraise=True)
+    seen = tmp_path / "env.txt"
+    py = tmp_path / "py"
+    py.write_text(f'#!/bin/sh\nif [ "$1" = -c ]; then PYTHONPATH={site} exec {sys.executable} "$@"; fi\n'
+                  f'env | grep "^PYTHON" > {seen}\n')
+    py.chmod(0o755)
+    env = {"PYTHONDONTWRITEBYTECODE": "" if case == "writing allowed" else "1"}
+    args = ["PYCACHE=0"] if case == "opted out" else []
+    res = subprocess.run(["make", "--no-print-directory", f"PY={py}", "VENV_DEP=", "doctor", *args], cwd=pipe.repo,
+                         env=pipe.env(**env), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    recipe_env = dict(line.split("=", 1) for line in seen.read_text().splitlines())
+    if case == "forbidden, torch has none":
+        assert recipe_env.get("PYTHONPYCACHEPREFIX") == str(pipe.base / "pycache")
+        assert not recipe_env.get("PYTHONDONTWRITEBYTECODE")
+    else:
+        assert "PYTHONPYCACHEPREFIX" not in recipe_env
+        assert recipe_env.get("PYTHONDONTWRITEBYTECODE", "") == env["PYTHONDONTWRITEBYTECODE"]
