@@ -532,6 +532,177 @@ def save(ctx: RunContext, spec: TrainSpec, step: int, loader_state, loop_state: 
     print0(f"saved checkpoint step {step} to {out} ({time.time() - t0:.1f}s)")
 
 
+# ============================================================================ the pieces of every stage's loop
+
+def due(step: int, every: int, last: bool) -> bool:
+    """An evaluation at `step`: every `every` steps (-1: off) and always at the last step."""
+    return last or (every > 0 and step % every == 0)
+
+
+def save_due(step: int, every: int, last: bool) -> bool:
+    """A checkpoint at `step`: every --save-every steps (never step 0) and always at the last step."""
+    return last or (every > 0 and step > 0 and step % every == 0)
+
+
+def train_step(ctx: RunContext, model, optimizers, loader, accum: int, lrm: float, momentum: float | None = None):
+    """One optimizer step over `accum` micro-batches of `loader` -> (mean loss over all ranks, tokens
+    over all ranks, this rank's loader state after its last batch). One host sync: the loss."""
+    loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float32)
+    ntok = 0
+    loader_state = None
+    for _ in range(accum):
+        x, y, loader_state = next(loader)
+        with ctx.autocast():
+            loss = model(x, y)
+        loss_sum += loss.detach().float()
+        (loss / accum).backward()
+        ntok += x.numel()
+    apply_schedules(optimizers, lrm, momentum)
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    loss_t = loss_sum / accum
+    if ctx.is_ddp:
+        both = torch.stack([loss_t, torch.tensor(float(ntok), device=ctx.device)])
+        dist.all_reduce(both, op=dist.ReduceOp.SUM)
+        loss_t, ntok = both[0] / ctx.world, int(both[1].item())
+    return loss_t.item(), ntok, loader_state
+
+
+class Progress:
+    """A stage's history (losses, evaluations, time, tokens, extras: meta["loop_state"] in every
+    checkpoint, continued by a resumed run) and its log lines. A context manager: after the first
+    step the garbage collector is frozen and disabled (the heap is then the long-lived model), at
+    exit it is on again."""
+
+    def __init__(self, ctx: RunContext, resumed: Resumed | None, num_iterations: int, flops_per_token: float = 0.0,
+                 wandb_prefix: str = ""):
+        loop = dict((resumed.meta.get("loop_state") or {}) if resumed else {})
+        self.ctx, self.N, self.flops_per_token, self.wandb_prefix = ctx, num_iterations, flops_per_token, wandb_prefix
+        self.resumed = resumed is not None
+        self.start = self.final_step = resumed.step if resumed else 0
+        self.train_losses = [list(x) for x in loop.get("train_losses", []) if x[0] <= self.start]
+        self.evals = [list(x) for x in loop.get("evals", []) if x[0] <= self.start]
+        self.total_time = float(loop.get("total_time", 0.0))
+        self.tokens_trained = int(loop.get("tokens_trained", 0))
+        self.extras: dict = dict(loop.get("extras", {}))
+        self.last_eval: dict = dict(self.evals[-1][1]) if self.evals else {}
+        self.peak = get_peak_flops(device_name(ctx.device))  # inf for CPUs and unlisted GPUs: MFU "n/a"
+        self.dts: list[float] = []
+        self.tps: list[float] = []
+        self.mfus: list[float] = []
+        self.time_to_first_step = None
+        self._gc_frozen = False
+        if self.start > self.N:
+            print0(f"warning: resumed step {self.start} is past --num-iterations={self.N}: nothing to train")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._gc_frozen:
+            gc.enable()
+            gc.unfreeze()
+        return False
+
+    def continued(self, step: int) -> bool:
+        """`step` is the one this run resumed from: its hooks and checkpoint ran in the earlier run."""
+        return self.resumed and step == self.start
+
+    def evaluated(self, step: int) -> bool:
+        return any(e[0] == step for e in self.evals)
+
+    def record_eval(self, step: int, metrics: dict | None, seconds: float) -> None:
+        if not metrics:
+            return
+        self.evals.append([step, metrics])
+        self.last_eval = dict(metrics)
+        print0(f"step {step:05d} | " + " | ".join(f"{k} {_fmt_metric(v)}" for k, v in metrics.items())
+               + f" | eval {seconds:.1f}s")
+        self.ctx.wandb.log({"step": step, **{f"{self.wandb_prefix}{k}": v for k, v in metrics.items()}})
+
+    def record_extras(self, step: int, out: dict | None) -> None:
+        """Results of an in-training measurement (CORE, chat metrics): into the report's summary."""
+        if out:
+            self.extras.update(out)
+            self.ctx.wandb.log({"step": step, **{k: v for k, v in out.items() if isinstance(v, (int, float))}})
+
+    def log_step(self, step: int, loss: float, ntok: int, dt: float, lrm: float) -> None:
+        """After optimizer step `step` (1-based): refuse a diverged loss, count time and tokens (the
+        first step of a run segment is mostly compilation: kept out of the rates), print the line."""
+        ctx, N, start = self.ctx, self.N, self.start
+        self.final_step = step
+        if not math.isfinite(loss):
+            raise UserError(f"training diverged at step {step} (loss {loss}): lower the learning rates "
+                            f"or check the data; the last good checkpoint is kept in {ctx.ckpt_dir}")
+        if step - start > 1:
+            self.total_time += dt
+        self.tokens_trained += ntok
+        self.train_losses.append([step, loss])
+        tok_per_sec = ntok / dt
+        mfu = 100.0 * self.flops_per_token * ntok / dt / (ctx.world * self.peak) if math.isfinite(self.peak) else math.nan
+        if step - start > 1 or N - start <= 1:
+            self.dts.append(dt)
+            self.tps.append(tok_per_sec)
+            self.mfus.append(mfu)
+        if self.time_to_first_step is None:
+            self.time_to_first_step = time.time() - ctx.t_start
+            print0(f"time to first step: {self.time_to_first_step:.1f}s")
+            gc.collect()
+            gc.freeze()
+            gc.disable()
+            self._gc_frozen = True
+        elif step % 5000 == 0:
+            gc.collect()
+        recent = self.dts[-50:]
+        eta = _fmt_time(sum(recent) / len(recent) * (N - step)) if recent else "?"
+        print0(f"step {step:05d}/{N:05d} ({100 * step / max(N, 1):5.1f}%) | loss {loss:.6f} | "
+               f"lrm {lrm:.3f} | dt {dt * 1000:.1f}ms | tok/s {tok_per_sec:,.0f} | mfu {_fmt_mfu(mfu)} | "
+               f"eta {eta} | total {_fmt_time(self.total_time)}")
+        ctx.wandb.log({"step": step, "train/loss": loss, "train/lrm": lrm, "train/dt": dt,
+                       "train/tok_per_sec": tok_per_sec, **({"train/mfu": mfu} if math.isfinite(mfu) else {})})
+
+    def loop_state(self) -> dict:
+        return {"train_losses": self.train_losses, "evals": self.evals, "total_time": self.total_time,
+                "tokens_trained": self.tokens_trained, "extras": self.extras}
+
+    @property
+    def mean_tok_per_sec(self) -> float:
+        return sum(self.tps) / len(self.tps) if self.tps else 0.0
+
+    @property
+    def mean_mfu(self) -> float:
+        if not math.isfinite(self.peak):
+            return math.nan
+        return sum(self.mfus) / len(self.mfus) if self.mfus else 0.0
+
+    @property
+    def peak_memory_gib(self) -> float | None:
+        return self.ctx.peak_memory_gib()
+
+
+def save_checkpoint(ctx: RunContext, step: int, model, optimizers, meta: dict, loop_state: dict, metrics: dict,
+                    loader_state=None, resumed: Resumed | None = None, keep_last: int = 0) -> None:
+    """Checkpoint `step` of the run into ctx.ckpt_dir (beside the old run's steps while this run
+    started over): weights, this rank's optimizer and RNG states, every rank's loader state, the
+    loop history, the latest metrics. Every rank calls it; rank 0 prunes to --keep-last."""
+    t0 = time.time()
+    states = [loader_state]
+    if ctx.is_ddp:
+        states = [None] * ctx.world
+        dist.all_gather_object(states, loader_state)
+    if resumed is not None and all(s is None for s in states):
+        # nothing consumed since the resume point (e.g. N == resumed step): keep the old states
+        states = resumed.meta.get("dataloader_state") or states
+    meta = {**meta, "world_size": ctx.world, "dataloader_state": states, "loop_state": loop_state, **metrics}
+    optim = {"optimizers": [o.state_dict() for o in optimizers], "rng": rng_state()}
+    out = ckm.write_dir(ctx.ckpt_dir)
+    ckm.save_checkpoint(out, step, model.state_dict(), optim, meta, ctx.rank)
+    if ctx.master and keep_last > 0:
+        ckm.prune_checkpoints(out, keep_last, protect=(step,))
+    print0(f"saved checkpoint step {step} to {out} ({time.time() - t0:.1f}s)")
+
+
 # ============================================================================ reporting
 
 def record_output(ctx: RunContext, path: str, step: int) -> None:

@@ -13,6 +13,7 @@ and at the end; --resume=auto (default) continues a compatible run (see nanochat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -105,32 +106,27 @@ def horizon(args, flops_per_token: float, num_params: int) -> tuple[int, str]:
     return max(1, int(tokens // args.total_batch_size)), f"--target-param-data-ratio={args.target_param_data_ratio:g}"
 
 
-def core_metric_hook(ctx, model, tokenizer, max_per_task):
-    def hook(step):
-        from nanochat.core_eval import evaluate_core
-        model.eval()
+def core_metric(ctx, model, tokenizer, max_per_task) -> dict | None:
+    from nanochat.core_eval import evaluate_core
+    model.eval()
+    with ctx.autocast():
+        core = evaluate_core(model, tokenizer, ctx.device, max_per_task=max_per_task)["CORE"]
+    model.train()
+    return {"CORE": core} if core is not None else None
+
+
+def print_samples(ctx, model, tokenizer, max_tokens=16) -> None:
+    """Greedy continuations of SAMPLE_PROMPTS (rank 0)."""
+    if not ctx.master:
+        return
+    model.eval()
+    bos = tokenizer.get_bos_token_id()
+    for prompt in SAMPLE_PROMPTS:
+        ids = tokenizer.encode(prompt, prepend=bos)
         with ctx.autocast():
-            res = evaluate_core(model, tokenizer, ctx.device, max_per_task=max_per_task)
-        model.train()
-        core = res["CORE"]
-        print0(f"step {step:05d} | CORE {core}")
-        return {"CORE": core} if core is not None else None
-    return hook
-
-
-def sample_hook(ctx, model, tokenizer, max_tokens=16):
-    def hook(step):
-        if ctx.master:
-            model.eval()
-            bos = tokenizer.get_bos_token_id()
-            for prompt in SAMPLE_PROMPTS:
-                ids = tokenizer.encode(prompt, prepend=bos)
-                with ctx.autocast():
-                    out = list(model.generate(ids, max_tokens=max_tokens, temperature=0.0))
-                print0(f"sample | {prompt!r} -> {tokenizer.decode(out)!r}")
-            model.train()
-        return None
-    return hook
+            out = list(model.generate(ids, max_tokens=max_tokens, temperature=0.0))
+        print0(f"sample | {prompt!r} -> {tokenizer.decode(out)!r}")
+    model.train()
 
 
 def check_fits(args, config, vocab: int, device) -> None:
@@ -227,6 +223,7 @@ def run(ctx, args) -> None:
            f"micro-step(s); horizon {N:,} steps ({why}), {args.total_batch_size * N:,} tokens, "
            f"{total_flops:.3e} FLOPs, tokens:params {args.total_batch_size * N / nparams['total']:.2f}")
 
+    progress = tr.Progress(ctx, resumed, N, flops_per_token)
     train_loader = pretrain_loader(tokenizer, B, T, "train", ctx.device, ctx.rank, ctx.world,
                                    resume_state=loader_resume_state(resumed, ctx.rank, ctx.world))
     eval_steps = max(1, args.eval_tokens // (B * T * ctx.world))
@@ -239,33 +236,44 @@ def run(ctx, args) -> None:
             val.close()
         return {"val_bpb": m["bpb"], "val_loss": m["loss"]}
 
-    hooks = []
-    if args.core_metric_every > 0:
-        hooks.append((args.core_metric_every, core_metric_hook(ctx, model, tokenizer, args.core_metric_max_per_task)))
-    if args.sample_every > 0:
-        hooks.append((args.sample_every, sample_hook(ctx, model, tokenizer)))
-
-    meta = tr.model_meta(model, args, semantic, tokenizer, model_tag=tag,
+    meta = tr.model_meta(model, args, semantic, tokenizer, stage="base", num_iterations=N, model_tag=tag,
                          total_batch_size=args.total_batch_size, max_seq_len=T)
-    spec = tr.TrainSpec(
-        stage="base", model=model_c, orig_model=model, optimizers=optimizers, train_loader=train_loader,
-        num_iterations=N, grad_accum_steps=accum, ckpt_dir=ckpt_dir, meta=meta, flops_per_token=flops_per_token,
-        lr_multiplier=lambda s: lr_multiplier(s, N, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac),
-        momentum=muon_momentum, evaluate=evaluate, eval_every=args.eval_every, hooks=hooks,
-        save_every=args.save_every, keep_last=args.keep_last, resumed=resumed, dry_run=args.dry_run)
+    # step s: evaluate and checkpoint the model after s optimizer steps, then train step s + 1
     t0 = time.time()
-    try:
-        result = tr.train(ctx, spec)
-    finally:
-        train_loader.close()
-    print0(f"training done in {time.time() - t0:.1f}s wall | final val bpb {result.last_eval.get('val_bpb')}")
-    if result.peak_memory_gib is not None:
-        print0(f"peak memory: {result.peak_memory_gib:.2f} GiB")
+    loader_state = None
+    step = progress.start
+    with progress, contextlib.closing(train_loader):
+        while True:
+            last = step >= N
+            if tr.due(step, args.eval_every, last) and not progress.evaluated(step):
+                t_eval = time.time()
+                progress.record_eval(step, evaluate(step), time.time() - t_eval)
+            if not progress.continued(step):  # the step resumed from had these in the earlier run
+                if args.core_metric_every > 0 and tr.due(step, args.core_metric_every, last):
+                    core = core_metric(ctx, model, tokenizer, args.core_metric_max_per_task)
+                    print0(f"step {step:05d} | CORE {core['CORE'] if core else None}")
+                    progress.record_extras(step, core)
+                if args.sample_every > 0 and tr.due(step, args.sample_every, last):
+                    print_samples(ctx, model, tokenizer)
+                if not args.dry_run and tr.save_due(step, args.save_every, last):
+                    tr.save_checkpoint(ctx, step, model, optimizers, meta, progress.loop_state(),
+                                       progress.last_eval, loader_state, resumed, args.keep_last)
+            if last:
+                break
+            t_step = time.perf_counter()
+            lrm = lr_multiplier(step, N, args.warmup_ratio, args.warmdown_ratio, args.final_lr_frac)
+            loss, ntok, loader_state = tr.train_step(ctx, model_c, optimizers, train_loader, accum, lrm,
+                                                     muon_momentum(step))
+            step += 1
+            progress.log_step(step, loss, ntok, time.perf_counter() - t_step, lrm)
+    print0(f"training done in {time.time() - t0:.1f}s wall | final val bpb {progress.last_eval.get('val_bpb')}")
+    if progress.peak_memory_gib is not None:
+        print0(f"peak memory: {progress.peak_memory_gib:.2f} GiB")
 
     if args.dry_run:
         print0("--dry-run: no checkpoint, no report")
         return
-    vals = [e[1].get("val_bpb") for e in result.evals if e[1].get("val_bpb") is not None]
+    vals = [e[1].get("val_bpb") for e in progress.evals if e[1].get("val_bpb") is not None]
     config_rows = {
         "Model tag": tag, "Depth": config.n_layer, "Model dim": config.n_embd, "Heads": config.n_head,
         "Window pattern": config.window_pattern, "Sequence length": T, "Vocab size": vocab,
@@ -278,13 +286,13 @@ def run(ctx, args) -> None:
         "Warmup / warmdown / final LR": f"{args.warmup_ratio} / {args.warmdown_ratio} / {args.final_lr_frac}",
         "Seed": args.seed,
     }
-    summary = tr.summary_metrics(ctx, result)
-    summary["Final val bpb"] = result.last_eval.get("val_bpb")
+    summary = tr.summary_metrics(ctx, progress)
+    summary["Final val bpb"] = progress.last_eval.get("val_bpb")
     summary["Min val bpb"] = min(vals) if vals else None
-    if "CORE" in result.extras:
-        summary["CORE (during training)"] = result.extras["CORE"]
-    tr.finish_report(ctx, "Base model training", "base_loss", result, config_rows, summary)
-    tr.record_output(ctx, args.record_output, result.final_step)
+    if "CORE" in progress.extras:
+        summary["CORE (during training)"] = progress.extras["CORE"]
+    tr.finish_report(ctx, "Base model training", "base_loss", progress, config_rows, summary)
+    tr.record_output(ctx, args.record_output, progress.final_step)
 
 
 if __name__ == "__main__":
