@@ -14,6 +14,8 @@ on MMLU and ARC-Easy (at most --eval-metrics-max-problems each; tasks without da
 from __future__ import annotations
 
 import argparse
+import contextlib
+import time
 
 from nanochat.common import UserError, dist_env, print0, run_main
 from nanochat import training as tr
@@ -60,26 +62,23 @@ def validate(args) -> None:
                         total_flag="--target-examples-per-step", unit="conversations")
 
 
-def metrics_hook(ctx, ft, max_problems):
-    tasks: dict = {}
-    state = {"loaded": False}
+def load_metric_tasks() -> dict:
+    """MMLU and ARC-Easy for the in-training accuracy; a task without data is skipped with a line."""
+    tasks = {}
+    for name in ("MMLU", "ARC-Easy"):
+        try:
+            tasks[name] = load_eval_task(name)
+        except Exception as exc:  # TaskUnavailable, or a loader's own failure: say so, keep training
+            print0(f"chat metric {name} skipped: {exc}")
+    return tasks
 
-    def hook(step):
-        if not state["loaded"]:
-            state["loaded"] = True
-            for name in ("MMLU", "ARC-Easy"):
-                try:
-                    tasks[name] = load_eval_task(name)
-                except Exception as exc:  # TaskUnavailable, or a loader's own failure: say so, keep training
-                    print0(f"chat metric {name} skipped: {exc}")
-        out = {}
-        for name, task in tasks.items():
-            out[f"{name} acc"] = categorical_accuracy(ft.model, ft.tokenizer, task, ctx.rank, ctx.world,
-                                                      max_problems, autocast=ctx.autocast)
-        if out:
-            print0(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in out.items()))
-        return out
-    return hook
+
+def chat_metrics(ctx, ft, step: int, tasks: dict, max_problems: int) -> dict:
+    out = {f"{name} acc": categorical_accuracy(ft.model, ft.tokenizer, task, ctx.rank, ctx.world, max_problems,
+                                               autocast=ctx.autocast) for name, task in tasks.items()}
+    if out:
+        print0(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in out.items()))
+    return out
 
 
 def main(argv=None) -> None:
@@ -126,34 +125,48 @@ def run(ctx, args) -> None:
             val.close()
         return {"val_loss": m["loss"]}
 
-    hooks = []
-    if args.eval_metrics_every > 0:
-        hooks.append((args.eval_metrics_every, metrics_hook(ctx, ft, args.eval_metrics_max_problems)))
-    meta = tr.model_meta(ft.model, args, ft.semantic, ft.tokenizer, model_tag=ft.tag, upstream=ft.upstream,
-                         max_seq_len=T)
-    spec = tr.TrainSpec(
-        stage="sft", model=ft.model_c, orig_model=ft.model, optimizers=ft.optimizers, train_loader=train_loader,
-        num_iterations=N, grad_accum_steps=accum, ckpt_dir=ft.ckpt_dir, meta=meta,
-        flops_per_token=ft.model.estimate_flops(), lr_multiplier=lambda s: lr_multiplier(s, N, 0.0, 1.0, 0.0),
-        momentum=None, evaluate=evaluate, eval_every=args.eval_every, hooks=hooks, save_every=args.save_every,
-        keep_last=args.keep_last, resumed=ft.resumed)
-    try:
-        result = tr.train(ctx, spec)
-    finally:
-        train_loader.close()
+    meta = tr.model_meta(ft.model, args, ft.semantic, ft.tokenizer, stage="sft", num_iterations=N, model_tag=ft.tag,
+                         upstream=ft.upstream, max_seq_len=T)
+    flops_per_token = ft.model.estimate_flops()
+    metric_tasks = None  # loaded at the first measurement
+    # step s: evaluate and checkpoint the model after s optimizer steps, then train step s + 1
+    loader_state = None
+    progress = tr.Progress(ctx, ft.resumed, N, flops_per_token)
+    step = progress.start
+    with progress, contextlib.closing(train_loader):
+        while True:
+            last = step >= N
+            if tr.due(step, args.eval_every, last) and not progress.evaluated(step):
+                t_eval = time.time()
+                progress.record_eval(step, evaluate(step), time.time() - t_eval)
+            if not progress.continued(step):  # the step resumed from had these in the earlier run
+                if args.eval_metrics_every > 0 and tr.due(step, args.eval_metrics_every, last):
+                    metric_tasks = load_metric_tasks() if metric_tasks is None else metric_tasks
+                    metrics = chat_metrics(ctx, ft, step, metric_tasks, args.eval_metrics_max_problems)
+                    progress.record_extras(step, metrics)
+                if tr.save_due(step, args.save_every, last):
+                    tr.save_checkpoint(ctx, step, ft.model, ft.optimizers, meta, progress.loop_state(),
+                                       progress.last_eval, loader_state, ft.resumed, args.keep_last)
+            if last:
+                break
+            t_step = time.perf_counter()
+            lrm = lr_multiplier(step, N, 0.0, 1.0, 0.0)  # linear decay to 0
+            loss, ntok, loader_state = tr.train_step(ctx, ft.model_c, ft.optimizers, train_loader, accum, lrm)
+            step += 1
+            progress.log_step(step, loss, ntok, time.perf_counter() - t_step, lrm)
     config = {"Source": f"{args.source} {ft.upstream['tag']} step {ft.upstream['step']}", "Output": str(ft.ckpt_dir),
               "Iterations": N, "Epochs (if from epochs)": args.num_epochs, "Max sequence length": T,
               "Examples per step": args.target_examples_per_step, "Device batch size": B,
               "Grad accumulation steps": accum, "Init LR frac": args.init_lr_frac, "Matrix LR": args.matrix_lr,
               "Embedding LR": args.embedding_lr, "Unembedding LR": args.unembedding_lr,
               "Train conversations": len(train_task), "Val conversations": len(val_task)}
-    summary = tr.summary_metrics(ctx, result)
-    summary["Final val loss"] = result.last_eval.get("val_loss")
-    for k, v in result.extras.items():
+    summary = tr.summary_metrics(ctx, progress)
+    summary["Final val loss"] = progress.last_eval.get("val_loss")
+    for k, v in progress.extras.items():
         summary[k] = v
     lines = ["Mixture:"] + [f"- {x}" for x in train_task.report_lines()]
-    tr.finish_report(ctx, "Chat SFT", "sft_loss", result, config, summary, lines)
-    tr.record_output(ctx, args.record_output, result.final_step)
+    tr.finish_report(ctx, "Chat SFT", "sft_loss", progress, config, summary, lines)
+    tr.record_output(ctx, args.record_output, progress.final_step)
 
 
 if __name__ == "__main__":

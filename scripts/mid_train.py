@@ -13,7 +13,9 @@ linear decay to 0 over the last 20% of the steps, every group's lr scaled by --i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import time
 
 from nanochat.common import UserError, dist_env, print0, run_main
 from nanochat import training as tr
@@ -102,18 +104,30 @@ def run(ctx, args) -> None:
             val.close()
         return {"val_loss": m["loss"], "val_bpb": m["bpb"]}
 
-    meta = tr.model_meta(ft.model, args, ft.semantic, ft.tokenizer, model_tag=ft.tag, upstream=ft.upstream,
-                         max_seq_len=T, total_batch_size=args.total_batch_size)
-    spec = tr.TrainSpec(
-        stage="mid", model=ft.model_c, orig_model=ft.model, optimizers=ft.optimizers, train_loader=train_loader,
-        num_iterations=N, grad_accum_steps=accum, ckpt_dir=ft.ckpt_dir, meta=meta,
-        flops_per_token=ft.model.estimate_flops(), lr_multiplier=lambda s: lr_multiplier(s, N, 0.0, 0.2, 0.0),
-        momentum=muon_momentum, evaluate=evaluate, eval_every=args.eval_every, save_every=args.save_every,
-        keep_last=args.keep_last, dry_run=args.dry_run, resumed=ft.resumed)
-    try:
-        result = tr.train(ctx, spec)
-    finally:
-        train_loader.close()
+    meta = tr.model_meta(ft.model, args, ft.semantic, ft.tokenizer, stage="mid", num_iterations=N, model_tag=ft.tag,
+                         upstream=ft.upstream, max_seq_len=T, total_batch_size=args.total_batch_size)
+    flops_per_token = ft.model.estimate_flops()
+    # step s: evaluate and checkpoint the model after s optimizer steps, then train step s + 1
+    loader_state = None
+    progress = tr.Progress(ctx, ft.resumed, N, flops_per_token)
+    step = progress.start
+    with progress, contextlib.closing(train_loader):
+        while True:
+            last = step >= N
+            if tr.due(step, args.eval_every, last) and not progress.evaluated(step):
+                t_eval = time.time()
+                progress.record_eval(step, evaluate(step), time.time() - t_eval)
+            if not args.dry_run and not progress.continued(step) and tr.save_due(step, args.save_every, last):
+                tr.save_checkpoint(ctx, step, ft.model, ft.optimizers, meta, progress.loop_state(),
+                                   progress.last_eval, loader_state, ft.resumed, args.keep_last)
+            if last:
+                break
+            t_step = time.perf_counter()
+            lrm = lr_multiplier(step, N, 0.0, 0.2, 0.0)  # constant, then linear to 0 over the last 20%
+            loss, ntok, loader_state = tr.train_step(ctx, ft.model_c, ft.optimizers, train_loader, accum, lrm,
+                                                     muon_momentum(step))
+            step += 1
+            progress.log_step(step, loss, ntok, time.perf_counter() - t_step, lrm)
     if args.dry_run:
         print0("--dry-run: no checkpoint, no report")
         return
@@ -122,12 +136,12 @@ def run(ctx, args) -> None:
               "Device batch size": B, "Grad accumulation steps": accum, "Init LR frac": args.init_lr_frac,
               "Matrix LR": args.matrix_lr, "Embedding LR": args.embedding_lr, "Unembedding LR": args.unembedding_lr,
               "Train conversations": len(train_task), "Val conversations": len(val_task)}
-    summary = tr.summary_metrics(ctx, result)
-    summary["Final val loss"] = result.last_eval.get("val_loss")
-    summary["Final val bpb"] = result.last_eval.get("val_bpb")
+    summary = tr.summary_metrics(ctx, progress)
+    summary["Final val loss"] = progress.last_eval.get("val_loss")
+    summary["Final val bpb"] = progress.last_eval.get("val_bpb")
     lines = ["Mixture:"] + [f"- {x}" for x in train_task.report_lines()]
-    tr.finish_report(ctx, "Midtraining", "mid_loss", result, config, summary, lines)
-    tr.record_output(ctx, args.record_output, result.final_step)
+    tr.finish_report(ctx, "Midtraining", "mid_loss", progress, config, summary, lines)
+    tr.record_output(ctx, args.record_output, progress.final_step)
 
 
 if __name__ == "__main__":
