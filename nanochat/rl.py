@@ -21,9 +21,8 @@ One optimizer step:
 
 Every --eval-every steps (and at the start and the end) the model is measured on held-out GSM8K test
 problems: greedy pass@1 and, from --eval-samples samples at --temperature, the unbiased pass@1 and
-pass@k. Checkpoints go to chatrl_checkpoints/<tag>/ through nanochat.training (same resume policy,
-semantic config and atomic layout as the other stages); rank 0 writes them and the "Chat RL" report
-section (reward curve, task sources, final pass@k).
+pass@k. The loop, its checkpoints (chatrl_checkpoints/<tag>/, same resume policy, semantic config
+and atomic layout as the other stages) and the "Chat RL" report section are in scripts/chat_rl.py.
 
 Task data: GSM8K train from NANOCHAT_TASK_DIR or the hub, else the labelled offline substitute
 (generated arithmetic word problems); GSM8K test likewise, with the PyPI-shipped test set before a
@@ -34,17 +33,11 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from nanochat import training as tr
-from nanochat.common import print0
-
-SECTION = "Chat RL"
-REWARD_CURVE = "rl_reward"
 
 
 # ============================================================================ the maths (pure)
@@ -276,140 +269,3 @@ def backward_rollouts(ctx, model, groups: list[Group], group_size: int, device_b
     n = max(1.0, float(counts[1]))
     return StepStats(mean_reward=float(counts[0]) / n, loss=loss_total, mean_gen_len=float(counts[2]) / n,
                      sampled_tokens=int(counts[3]), groups_with_signal=int(counts[4]), groups=int(counts[5]))
-
-
-# ============================================================================ the run
-
-def num_iterations(args, num_train: int) -> int:
-    if args.num_iterations >= 0:
-        return args.num_iterations
-    return max(1, num_train // args.examples_per_step * args.num_epochs)
-
-
-def run(ctx, args) -> None:
-    from nanochat.engine import Engine
-    from nanochat.optim import lr_multiplier
-
-    ft = tr.prepare_finetune(ctx, args, source=args.source, out_stage="rl", compile_dynamic=True)
-    tasks = load_tasks()  # (after the checkpoint: a missing SFT model fails before any data is fetched)
-    model, tokenizer = ft.model, ft.tokenizer
-    engine = Engine(model, tokenizer)
-    pad_id = tokenizer.encode_special("<|assistant_end|>")
-    top_k = args.top_k if args.top_k > 0 else None
-    eval_k = args.eval_samples if args.eval_samples > 0 else args.num_samples
-    N = num_iterations(args, len(tasks.train))
-    if args.num_iterations < 0:
-        print0(f"--num-iterations=-1: {args.num_epochs} epoch(s) of {len(tasks.train):,} problems at "
-               f"{args.examples_per_step} per step = {N:,} steps")
-    for line in tasks.report_lines():
-        print0(line)
-    print0(f"batch: {args.examples_per_step} problems x {args.num_samples} samples per step "
-           f"({args.examples_per_step // ctx.world} problem(s) per process), up to {args.max_new_tokens} new tokens")
-
-    resumed = ft.resumed
-    loop = dict((resumed.meta.get("loop_state") or {}) if resumed else {})
-    start = resumed.step if resumed else 0
-    keep = (lambda xs: [list(x) for x in xs if x[0] <= start])
-    history = {key: keep(loop.get(key, [])) for key in ("rewards", "train_losses", "gen_lengths", "evals")}
-    total_time = float(loop.get("total_time", 0.0))
-    tokens_trained = int(loop.get("tokens_trained", 0))
-    last_eval = dict(history["evals"][-1][1]) if history["evals"] else {}
-    if start > N:
-        print0(f"warning: resumed step {start} is past --num-iterations={N}: nothing to train")
-
-    meta = tr.model_meta(model, args, ft.semantic, tokenizer, model_tag=ft.tag, upstream=ft.upstream,
-                         max_seq_len=ft.seq_len, train_source=tasks.train.source, eval_source=tasks.test.source)
-    spec = tr.TrainSpec(stage="rl", model=ft.model_c, orig_model=model, optimizers=ft.optimizers, train_loader=None,
-                        num_iterations=N, grad_accum_steps=1, lr_multiplier=lambda s: lr_multiplier(s, N, 0.0, 1.0, 0.0),
-                        ckpt_dir=ft.ckpt_dir, meta=meta, save_every=args.save_every, keep_last=args.keep_last,
-                        resumed=resumed)
-
-    def loop_state():
-        return {**history, "total_time": total_time, "tokens_trained": tokens_trained}
-
-    step = start
-    while True:
-        last = step >= N
-        fresh_here = not (resumed is not None and step == start)
-        if (last or step == 0 or (args.eval_every > 0 and step % args.eval_every == 0)) and \
-                not any(e[0] == step for e in history["evals"]):
-            t0 = time.time()
-            metrics = evaluate_pass_at_k(ctx, engine, tokenizer, tasks.test, args.eval_examples, eval_k,
-                                         args.max_new_tokens, args.temperature, top_k, args.seed)
-            history["evals"].append([step, metrics])
-            last_eval = dict(metrics)
-            print0(f"step {step:05d} | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                   + f" | eval {time.time() - t0:.1f}s")
-            ctx.wandb.log({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
-        if fresh_here and (last or (args.save_every > 0 and step % args.save_every == 0 and step > 0)):
-            tr.save(ctx, spec, step, None, loop_state(), last_eval)
-        if last:
-            break
-        t0 = time.perf_counter()
-        groups = [rollout(ctx, engine, tokenizer, tasks.train, i, args.num_samples, args.max_new_tokens,
-                          args.temperature, top_k, derive_seed("rl-sample", args.seed, step, i))
-                  for i in step_problems(step, args.examples_per_step, len(tasks.train), args.seed, ctx.rank, ctx.world)]
-        stats = backward_rollouts(ctx, ft.model_c, groups, args.num_samples, args.device_batch_size, pad_id)
-        lrm = spec.lr_multiplier(step)
-        tr.apply_schedules(ft.optimizers, lrm)
-        for opt in ft.optimizers:
-            opt.step()
-        model.zero_grad(set_to_none=True)
-        dt = time.perf_counter() - t0
-        step += 1
-        if not math.isfinite(stats.loss):
-            from nanochat.common import UserError
-            raise UserError(f"RL diverged at step {step} (loss {stats.loss}): lower --init-lr-frac; the last good "
-                            f"checkpoint is kept in {ft.ckpt_dir}")
-        total_time += dt
-        tokens_trained += stats.sampled_tokens
-        history["rewards"].append([step, stats.mean_reward])
-        history["train_losses"].append([step, stats.loss])
-        history["gen_lengths"].append([step, stats.mean_gen_len])
-        print0(f"step {step:05d}/{N:05d} ({100 * step / max(N, 1):5.1f}%) | reward {stats.mean_reward:.4f} | "
-               f"loss {stats.loss:.6f} | signal {stats.groups_with_signal}/{stats.groups} problems | "
-               f"gen len {stats.mean_gen_len:.1f} | lrm {lrm:.3f} | dt {dt:.2f}s")
-        ctx.wandb.log({"step": step, "rl/reward": stats.mean_reward, "rl/loss": stats.loss, "rl/lrm": lrm,
-                       "rl/gen_len": stats.mean_gen_len, "rl/dt": dt})
-
-    write_report(ctx, args, ft, tasks, N, step, history, last_eval, total_time, tokens_trained, eval_k)
-    tr.record_output(ctx, args.record_output, step)
-
-
-def write_report(ctx, args, ft, tasks: RLTasks, N: int, final_step: int, history: dict, last_eval: dict,
-                 total_time: float, tokens_trained: int, eval_k: int) -> None:
-    """The "Chat RL" section: configuration, task sources, final pass@k, reward curve (rank 0)."""
-    if not ctx.master:
-        return
-    from nanochat.common import device_name
-    from nanochat.report import Report
-    rep = Report()
-    xs = [s for s, _ in history["rewards"]]
-    rep.save_curve(REWARD_CURVE, xs, [r for _, r in history["rewards"]],
-                   title=f"{SECTION}: mean reward of each step's samples", ylabel="mean reward")
-    config = {"Source": f"{args.source} {ft.upstream['tag']} step {ft.upstream['step']}", "Output": str(ft.ckpt_dir),
-              "Iterations": N, "Epochs (if from epochs)": args.num_epochs,
-              "Examples per step": args.examples_per_step, "Samples per example": args.num_samples,
-              "Max new tokens": args.max_new_tokens, "Temperature": args.temperature, "Top-k": args.top_k,
-              "Init LR frac": args.init_lr_frac, "Matrix LR": args.matrix_lr, "Embedding LR": args.embedding_lr,
-              "Unembedding LR": args.unembedding_lr, "Train task source": tasks.train.source,
-              "Train task kind": source_kind(tasks.train.source), "Eval task source": tasks.test.source,
-              "Eval task kind": source_kind(tasks.test.source), "Eval problems": min(len(tasks.test), args.eval_examples),
-              "Eval samples (k)": eval_k}
-    rewards = [r for _, r in history["rewards"]]
-    summary = {"Final step": final_step,
-               "Mean reward, first step": rewards[0] if rewards else "n/a (no step trained)",
-               "Mean reward, last step": rewards[-1] if rewards else "n/a (no step trained)",
-               "Sampled tokens trained": tokens_trained, "Training time": tr._fmt_time(total_time),
-               "Processes": ctx.world, "Device": device_name(ctx.device)}
-    for k, v in last_eval.items():
-        summary[f"Final {k}"] = v
-    lines = ["\nTasks:"] + [f"- {x}" for x in tasks.report_lines()]
-    if history["evals"]:
-        keys = list(history["evals"][-1][1])
-        lines += ["\n| step | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        lines += [f"| {s} | " + " | ".join(f"{m.get(k, float('nan')):.4f}" for k in keys) + " |"
-                  for s, m in history["evals"]]
-    if xs:
-        lines.append(f"\nReward curve: ![{REWARD_CURVE}]({REWARD_CURVE}.svg)")
-    rep.log(SECTION, [config, summary] + lines)

@@ -372,7 +372,7 @@ def _due(step: int, every: int, last: bool) -> bool:
     return last or (every > 0 and step % every == 0)
 
 
-def _fmt_time(seconds: float) -> str:
+def fmt_time(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f}s"
     if seconds < 5400:
@@ -480,10 +480,10 @@ def train(ctx: RunContext, spec: TrainSpec) -> TrainResult:
                 gc.collect()
             if step % spec.log_every == 0 or step == N:
                 recent = dts[-50:]
-                eta = _fmt_time(sum(recent) / len(recent) * (N - step)) if recent else "?"
+                eta = fmt_time(sum(recent) / len(recent) * (N - step)) if recent else "?"
                 print0(f"step {step:05d}/{N:05d} ({100 * step / max(N, 1):5.1f}%) | loss {train_loss:.6f} | "
                        f"lrm {lrm:.3f} | dt {dt * 1000:.1f}ms | tok/s {tok_per_sec:,.0f} | mfu {_fmt_mfu(mfu)} | "
-                       f"eta {eta} | total {_fmt_time(total_time)}")
+                       f"eta {eta} | total {fmt_time(total_time)}")
                 ctx.wandb.log({"step": step, "train/loss": train_loss, "train/lrm": lrm, "train/dt": dt,
                                "train/tok_per_sec": tok_per_sec, **({"train/mfu": mfu} if peak_known else {})})
     finally:
@@ -655,10 +655,10 @@ class Progress:
         elif step % 5000 == 0:
             gc.collect()
         recent = self.dts[-50:]
-        eta = _fmt_time(sum(recent) / len(recent) * (N - step)) if recent else "?"
+        eta = fmt_time(sum(recent) / len(recent) * (N - step)) if recent else "?"
         print0(f"step {step:05d}/{N:05d} ({100 * step / max(N, 1):5.1f}%) | loss {loss:.6f} | "
                f"lrm {lrm:.3f} | dt {dt * 1000:.1f}ms | tok/s {tok_per_sec:,.0f} | mfu {_fmt_mfu(mfu)} | "
-               f"eta {eta} | total {_fmt_time(self.total_time)}")
+               f"eta {eta} | total {fmt_time(self.total_time)}")
         ctx.wandb.log({"step": step, "train/loss": loss, "train/lrm": lrm, "train/dt": dt,
                        "train/tok_per_sec": tok_per_sec, **({"train/mfu": mfu} if math.isfinite(mfu) else {})})
 
@@ -735,7 +735,7 @@ def summary_metrics(ctx: RunContext, result: TrainResult) -> dict:
         "Final step": result.final_step,
         "Final train loss": result.train_losses[-1][1] if result.train_losses else float("nan"),
         "Tokens trained": result.tokens_trained,
-        "Training time": _fmt_time(result.total_time),
+        "Training time": fmt_time(result.total_time),
         "Mean tok/s": result.mean_tok_per_sec,
         "Mean MFU %": result.mean_mfu if math.isfinite(result.mean_mfu) else "n/a (no bf16 peak known for this device)",
         "Processes": ctx.world,
