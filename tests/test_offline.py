@@ -57,7 +57,7 @@ def index(base_dir, monkeypatch):
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    monkeypatch.setenv("NANOCHAT_PYPI_INDEX", f"http://127.0.0.1:{srv.server_address[1]}/simple")
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{srv.server_address[1]}/simple")
     monkeypatch.delenv("NANOCHAT_WHEELHOUSE", raising=False)
     monkeypatch.setattr(offline.time, "sleep", lambda s: None)  # retries without waiting
     yield state

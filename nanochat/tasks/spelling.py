@@ -3,46 +3,20 @@
 SpellingBee: "How many 'r' are in strawberry?" answered by spelling the word, a calculator tool call
 `'strawberry'.count('r')`, its output, and "#### 3". SimpleSpelling: "Spell apple" -> "a,p,p,l,e".
 
-Word list: $NANOCHAT_TASK_DIR/words.{txt,jsonl} when configured, else english-words==2.0.2 (MIT
-package; Webster's 2nd International (1934) word list, public domain; 8.2 MB wheel), read with an
-unpickler that only accepts builtin containers. Words are split 90/10 into train / held-out by a
-hash of the word, so test questions use words never seen in training.
+Word list: `nanochat.task_data`'s "words" (offline, Webster's 2nd International (1934), public domain, from
+the english-words package). Words are split 90/10 into train / held-out by a hash of the word, so test
+questions use words never seen in training.
 """
 from __future__ import annotations
 
 import random
 import zlib
 
-from nanochat.tasks import sources
+from nanochat import task_data
 from nanochat.tasks.base import Task, TaskUnavailable, extract_final_number, numbers_equal
 
-ENGLISH_WORDS = ("english-words", "2.0.2")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz"
-
-
-def _clean(words) -> list[str]:
-    out = {w.strip().lower() for w in words if isinstance(w, str)}
-    # isascii() + isalpha() on a lowered word is exactly [a-z]+, in C (a per-letter check took 0.7 s)
-    return sorted(w for w in out if 3 <= len(w) <= 14 and w.isascii() and w.isalpha())
-
-
-def load_words() -> tuple[list[str], str]:
-    def load():
-        def from_local():
-            rows, source = sources.local_rows("words", "all", exts=(".txt", ".jsonl"))
-            return _clean(r.get("word", r.get("text", "")) for r in rows), source
-
-        def from_pkg():
-            data = sources.offline_bytes(*ENGLISH_WORDS, "english_words/data/web2_alpha_lower.pickle")
-            try:
-                words = sources.safe_unpickle(data)
-            except Exception as exc:
-                raise sources.Skip(f"english-words pickle unreadable: {exc}") from None
-            return _clean(words), f"offline:{ENGLISH_WORDS[0]}=={ENGLISH_WORDS[1]} (web2 word list, public domain)"
-
-        return sources.resolve("word list", "all", [from_local, from_pkg])
-
-    return sources.cached(("words",), load)
+_SPLIT_WORDS: dict[bool, tuple[list, list[str]]] = {}  # held out? -> (the rows split, their words)
 
 
 def _held_out(word: str) -> bool:
@@ -50,11 +24,11 @@ def _held_out(word: str) -> bool:
 
 
 def _split_words(held: bool) -> tuple[list[str], str]:
-    """The train (held=False) or held-out words, once per process (a mixture builds four tasks)."""
-    def split():
-        words, source = load_words()
-        return [w for w in words if _held_out(w) == held], source
-    return sources.cached(("words", "held" if held else "train"), split)
+    """The train (held=False) or held-out words, split once per word list (a mixture builds four tasks)."""
+    rows, source = task_data.load("words", "all")
+    if held not in _SPLIT_WORDS or _SPLIT_WORDS[held][0] is not rows:
+        _SPLIT_WORDS[held] = (rows, [w for w in sorted({r["word"] for r in rows}) if _held_out(w) == held])
+    return _SPLIT_WORDS[held][1], source
 
 
 class _WordTask(Task):
