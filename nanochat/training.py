@@ -1,22 +1,20 @@
-"""The training loop shared by base_train, mid_train and chat_sft.
+"""What base_train, mid_train, chat_sft and chat_rl share; each script runs its own loop with these.
 
-What lives here (each script only builds its model, data and evaluations, then calls `train`):
-
-- argument groups (`add_run_args`, `add_lr_args`) and flag validation helpers;
+- flags (`add_run_args`, `add_lr_args`, `add_source_args`), `parse_args` and the validation helpers;
 - `semantic_config(args)`: the flags that DEFINE a run (everything except execution settings such as
   device batch size, device type, logging/eval/save cadence, tags); a checkpoint can only be
   resumed by a run with the same semantic config;
 - `init_run`: process group, device, autocast, wandb, and the run's first lines (world, device);
 - `resume_or_start`: the one start-up sequence of every stage -- the resume policy
   (nanochat.resume), the model-shape check, the checkpoint's weights, the optimizers, their
-  restored state, compilation; `prepare_finetune` adds the upstream checkpoint of mid/SFT;
-- `train`: gradient accumulation with one host sync per optimizer step, LR/momentum schedules,
-  per-step logging (loss, lr multiplier, dt, tok/s, MFU, ETA), eval/hook cadence, checkpoints
-  (every --save-every and at the end: what nanochat.resume needs to continue exactly), gc management;
-- `finish_report`: the report section + loss curve + --record-output.
+  restored state, compilation; `prepare_finetune` adds the upstream checkpoint of mid/SFT/RL;
+- the loop's pieces: `train_step` (gradient accumulation, one host sync per optimizer step),
+  `Progress` (history across resumes; the step line with loss, lr multiplier, dt, tok/s, MFU, ETA),
+  `save_checkpoint` (what nanochat.resume needs to continue exactly), `due`/`save_due`;
+- `finish_report`, `summary_metrics`, `record_output` (publishes a started-over run, --record-output).
 
 Step convention: checkpoint `s` holds the model after s optimizer steps; evaluations at step s
-measure that model; the loop runs s = start..N and trains between them.
+measure that model; a stage's loop runs s = start..N and trains between them.
 """
 from __future__ import annotations
 
@@ -29,9 +27,8 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -326,176 +323,12 @@ def scale_initial_lr(optimizers, frac: float) -> None:
             group["lr"] = group["initial_lr"] = group["initial_lr"] * frac
 
 
-# ============================================================================ the loop
-
-@dataclass
-class TrainSpec:
-    stage: str                              # "base" | "mid" | "sft" (checkpoint source)
-    model: torch.nn.Module                  # what runs forward (maybe compiled)
-    orig_model: torch.nn.Module             # its uncompiled module (state_dict, generation)
-    optimizers: list
-    train_loader: object                    # iterator of (x, y, state)
-    num_iterations: int
-    grad_accum_steps: int
-    lr_multiplier: Callable[[int], float]
-    ckpt_dir: Path
-    meta: dict                              # model_config, user_config, semantic_config, ...
-    flops_per_token: float = 0.0
-    momentum: Callable[[int], float] | None = None
-    evaluate: Callable[[int], dict] | None = None     # -> metrics dict (e.g. {"val_bpb": ...})
-    eval_every: int = -1
-    hooks: list = field(default_factory=list)          # [(every, fn(step, ctx) -> dict|None)]
-    save_every: int = -1
-    keep_last: int = 0
-    dry_run: bool = False
-    resumed: Resumed | None = None
-    log_every: int = 1
-    wandb_prefix: str = ""
-
-
-@dataclass
-class TrainResult:
-    final_step: int
-    train_losses: list                      # [[step, loss], ...] (step = optimizer steps done)
-    evals: list                             # [[step, {metrics}], ...]
-    last_eval: dict
-    total_time: float                       # seconds in training steps (all segments, minus each first step)
-    mean_tok_per_sec: float
-    mean_mfu: float
-    tokens_trained: int
-    time_to_first_step: float | None
-    peak_memory_gib: float | None
-    extras: dict
-
-
-def _due(step: int, every: int, last: bool) -> bool:
-    return last or (every > 0 and step % every == 0)
-
-
 def fmt_time(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f}s"
     if seconds < 5400:
         return f"{seconds / 60:.1f}m"
     return f"{seconds / 3600:.2f}h"
-
-
-def train(ctx: RunContext, spec: TrainSpec) -> TrainResult:
-    model, optimizers = spec.model, spec.optimizers
-    N = spec.num_iterations
-    loop = dict((spec.resumed.meta.get("loop_state") or {}) if spec.resumed else {})
-    start = spec.resumed.step if spec.resumed else 0
-    train_losses = [list(x) for x in loop.get("train_losses", []) if x[0] <= start]
-    evals = [list(x) for x in loop.get("evals", []) if x[0] <= start]
-    total_time = float(loop.get("total_time", 0.0))
-    tokens_trained = int(loop.get("tokens_trained", 0))
-    extras: dict = dict(loop.get("extras", {}))
-    last_eval: dict = dict(evals[-1][1]) if evals else {}
-    loader_state = None
-    peak = get_peak_flops(device_name(ctx.device))
-    peak_known = math.isfinite(peak)  # CPUs and unlisted GPUs: MFU is "n/a", never a made-up 0%
-    dts: list[float] = []
-    mfus: list[float] = []
-    tps: list[float] = []
-    time_to_first = None
-    step = start
-    if start > N:
-        print0(f"warning: resumed step {start} is past --num-iterations={N}: nothing to train")
-    gc_frozen = False
-    try:
-        while True:
-            last = step >= N
-            fresh_here = not (spec.resumed is not None and step == start)
-            # ---------------- evaluation & hooks (on the model after `step` steps)
-            if spec.evaluate is not None and _due(step, spec.eval_every, last) and \
-                    (fresh_here or not any(e[0] == step for e in evals)):
-                t0 = time.time()
-                metrics = spec.evaluate(step)
-                if metrics:
-                    evals.append([step, metrics])
-                    last_eval = dict(metrics)
-                    print0(f"step {step:05d} | " + " | ".join(f"{k} {_fmt_metric(v)}" for k, v in metrics.items())
-                           + f" | eval {time.time() - t0:.1f}s")
-                    ctx.wandb.log({"step": step, **{f"{spec.wandb_prefix}{k}": v for k, v in metrics.items()}})
-            for every, fn in spec.hooks:
-                if _due(step, every, last) and every > 0 and fresh_here:
-                    out = fn(step)
-                    if out:
-                        extras.update(out)
-                        ctx.wandb.log({"step": step, **{k: v for k, v in out.items() if isinstance(v, (int, float))}})
-            # ---------------- checkpoint
-            if not spec.dry_run and fresh_here and (last or (spec.save_every > 0 and step % spec.save_every == 0 and step > 0)):
-                save(ctx, spec, step, loader_state, {
-                    "train_losses": train_losses, "evals": evals, "total_time": total_time,
-                    "tokens_trained": tokens_trained, "extras": extras}, last_eval)
-            if last:
-                break
-            # ---------------- one optimizer step
-            t0 = time.perf_counter()
-            loss_sum = torch.zeros((), device=ctx.device, dtype=torch.float32)
-            ntok = 0
-            for _ in range(spec.grad_accum_steps):
-                x, y, loader_state = next(spec.train_loader)
-                with ctx.autocast():
-                    loss = model(x, y)
-                loss_sum += loss.detach().float()
-                (loss / spec.grad_accum_steps).backward()
-                ntok += x.numel()
-            lrm = spec.lr_multiplier(step)
-            apply_schedules(optimizers, lrm, spec.momentum(step) if spec.momentum else None)
-            for opt in optimizers:
-                opt.step()
-            model.zero_grad(set_to_none=True)
-            loss_t = loss_sum / spec.grad_accum_steps
-            if ctx.is_ddp:
-                both = torch.stack([loss_t, torch.tensor(float(ntok), device=ctx.device)])
-                dist.all_reduce(both, op=dist.ReduceOp.SUM)
-                loss_t, ntok_global = both[0] / ctx.world, int(both[1].item())
-            else:
-                ntok_global = ntok
-            train_loss = loss_t.item()  # the one host sync of this step
-            dt = time.perf_counter() - t0
-            step += 1
-            if not math.isfinite(train_loss):
-                raise UserError(f"training diverged at step {step} (loss {train_loss}): lower the learning rates "
-                                f"or check the data; the last good checkpoint is kept in {spec.ckpt_dir}")
-            if step - start > 1:  # the first step of a segment is mostly compilation/warm-up
-                total_time += dt
-            tokens_trained += ntok_global
-            train_losses.append([step, train_loss])
-            tok_per_sec = ntok_global / dt
-            mfu = 100.0 * spec.flops_per_token * ntok_global / dt / (ctx.world * peak) if peak_known else math.nan
-            if step - start > 1 or N - start <= 1:  # the first step includes compilation: keep it out
-                dts.append(dt)
-                tps.append(tok_per_sec)
-                mfus.append(mfu)
-            if time_to_first is None:
-                time_to_first = time.time() - ctx.t_start
-                print0(f"time to first step: {time_to_first:.1f}s")
-                gc.collect()
-                gc.freeze()
-                gc.disable()
-                gc_frozen = True
-            elif step % 5000 == 0:
-                gc.collect()
-            if step % spec.log_every == 0 or step == N:
-                recent = dts[-50:]
-                eta = fmt_time(sum(recent) / len(recent) * (N - step)) if recent else "?"
-                print0(f"step {step:05d}/{N:05d} ({100 * step / max(N, 1):5.1f}%) | loss {train_loss:.6f} | "
-                       f"lrm {lrm:.3f} | dt {dt * 1000:.1f}ms | tok/s {tok_per_sec:,.0f} | mfu {_fmt_mfu(mfu)} | "
-                       f"eta {eta} | total {fmt_time(total_time)}")
-                ctx.wandb.log({"step": step, "train/loss": train_loss, "train/lrm": lrm, "train/dt": dt,
-                               "train/tok_per_sec": tok_per_sec, **({"train/mfu": mfu} if peak_known else {})})
-    finally:
-        if gc_frozen:
-            gc.enable()
-            gc.unfreeze()
-    mean = (lambda xs: sum(xs) / len(xs) if xs else 0.0)
-    return TrainResult(final_step=step, train_losses=train_losses, evals=evals, last_eval=last_eval,
-                       total_time=total_time, mean_tok_per_sec=mean(tps),
-                       mean_mfu=mean(mfus) if peak_known else math.nan,
-                       tokens_trained=tokens_trained, time_to_first_step=time_to_first,
-                       peak_memory_gib=ctx.peak_memory_gib(), extras=extras)
 
 
 def _fmt_mfu(mfu: float) -> str:
@@ -507,29 +340,6 @@ def _fmt_metric(v) -> str:
     if isinstance(v, float):
         return f"{v:.6f}" if abs(v) < 100 else f"{v:,.1f}"
     return str(v)
-
-
-def save(ctx: RunContext, spec: TrainSpec, step: int, loader_state, loop_state: dict, last_eval: dict) -> None:
-    """Checkpoint `step` (every rank calls this)."""
-    t0 = time.time()
-    states = [loader_state]
-    if ctx.is_ddp:
-        states = [None] * ctx.world
-        dist.all_gather_object(states, loader_state)
-    if spec.resumed is not None and all(s is None for s in states):
-        # nothing consumed since the resume point (e.g. N == resumed step): keep the old states
-        states = spec.resumed.meta.get("dataloader_state") or states
-    meta = dict(spec.meta)
-    meta.update({
-        "stage": spec.stage, "world_size": ctx.world, "num_iterations": spec.num_iterations,
-        "dataloader_state": states, "loop_state": loop_state, **{k: v for k, v in last_eval.items()},
-    })
-    optim = {"optimizers": [o.state_dict() for o in spec.optimizers], "rng": rng_state()}
-    out = ckm.write_dir(spec.ckpt_dir)  # beside the old run's steps while this run started over
-    ckm.save_checkpoint(out, step, spec.orig_model.state_dict(), optim, meta, ctx.rank)
-    if ctx.master and spec.keep_last > 0:
-        ckm.prune_checkpoints(out, spec.keep_last, protect=(step,))
-    print0(f"saved checkpoint step {step} to {out} ({time.time() - t0:.1f}s)")
 
 
 # ============================================================================ the pieces of every stage's loop
@@ -714,15 +524,15 @@ def record_output(ctx: RunContext, path: str, step: int) -> None:
         atomic_write_text(path, f"{step}\n")
 
 
-def finish_report(ctx: RunContext, section: str, curve: str, result: TrainResult, config: dict,
+def finish_report(ctx: RunContext, section: str, curve: str, progress: Progress, config: dict,
                   summary: dict, extra_lines: list[str] | None = None) -> None:
     """Write the report section + loss curve (rank 0)."""
     if not ctx.master:
         return
     from nanochat.report import Report
     rep = Report()
-    xs = [s for s, _ in result.train_losses]
-    ys = [l for _, l in result.train_losses]
+    xs = [s for s, _ in progress.train_losses]
+    ys = [l for _, l in progress.train_losses]
     rep.save_curve(curve, xs, ys, title=f"{section}: training loss")
     data = [config, summary] + list(extra_lines or [])
     if xs:
@@ -730,21 +540,21 @@ def finish_report(ctx: RunContext, section: str, curve: str, result: TrainResult
     rep.log(section, data)
 
 
-def summary_metrics(ctx: RunContext, result: TrainResult) -> dict:
+def summary_metrics(ctx: RunContext, progress: Progress) -> dict:
     out = {
-        "Final step": result.final_step,
-        "Final train loss": result.train_losses[-1][1] if result.train_losses else float("nan"),
-        "Tokens trained": result.tokens_trained,
-        "Training time": fmt_time(result.total_time),
-        "Mean tok/s": result.mean_tok_per_sec,
-        "Mean MFU %": result.mean_mfu if math.isfinite(result.mean_mfu) else "n/a (no bf16 peak known for this device)",
+        "Final step": progress.final_step,
+        "Final train loss": progress.train_losses[-1][1] if progress.train_losses else float("nan"),
+        "Tokens trained": progress.tokens_trained,
+        "Training time": fmt_time(progress.total_time),
+        "Mean tok/s": progress.mean_tok_per_sec,
+        "Mean MFU %": progress.mean_mfu if math.isfinite(progress.mean_mfu) else "n/a (no bf16 peak known for this device)",
         "Processes": ctx.world,
         "Device": device_name(ctx.device),
     }
-    if result.time_to_first_step is not None:
-        out["Time to first step (s)"] = round(result.time_to_first_step, 1)
-    if result.peak_memory_gib is not None:
-        out["Peak memory (GiB)"] = round(result.peak_memory_gib, 2)
+    if progress.time_to_first_step is not None:
+        out["Time to first step (s)"] = round(progress.time_to_first_step, 1)
+    if progress.peak_memory_gib is not None:
+        out["Peak memory (GiB)"] = round(progress.peak_memory_gib, 2)
     return out
 
 
