@@ -93,13 +93,8 @@ class TaskData:
     note: str = ""
 
     def read_items(self) -> list[dict]:
-        items = []
         with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    items.append(json.loads(line))
-        return items
+            return [json.loads(line) for line in f if line.strip()]
 
 
 @dataclass
@@ -160,16 +155,17 @@ def _read_baselines(csv_path: Path) -> dict[str, float]:
     return out
 
 
+def read_manifest(root: Path) -> dict:
+    try:
+        return json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def load_bundle(root: str | os.PathLike) -> Bundle:
     """Describe the CORE tasks a bundle directory can run (official, offline-built or a test fixture)."""
     root = Path(root)
-    manifest = {}
-    mpath = root / "manifest.json"
-    if mpath.exists():
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, ValueError):
-            manifest = {}
+    manifest = read_manifest(root)
     kind = manifest.get("kind", "custom")
     if kind == "official":
         desc = f"official eval_bundle from {manifest.get('url', '?')} (fetched {manifest.get('fetched', '?')})"

@@ -32,7 +32,7 @@ from typing import Callable
 from nanochat import offline
 from nanochat.common import atomic_write_text, stream_to_file
 from nanochat.core_tasks import (CORE_TASKS, MC, N_CORE, SCHEMA, Bundle, CoreTask, bundle_dir,
-                                 empty_bundle, install_bundle, load_bundle)
+                                 empty_bundle, install_bundle, load_bundle, read_manifest)
 from nanochat.offline import LARGE_ENV, PACKAGES
 from nanochat.offline_core import (CORE_PACKAGES, NO_SOURCE, RECIPES, Recipe, large_sources_enabled,
                                    member_rows, offline_config)
@@ -301,13 +301,6 @@ def build_offline_bundle(dest: str | os.PathLike | None = None, large: set[str] 
 _ENSURED: dict[str, Bundle] = {}
 
 
-def _read_manifest(root: Path) -> dict:
-    try:
-        return json.loads((root / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def ensure_bundle(download: bool = True, offline: bool = True, refresh: bool = False,
                   log: Callable[[str], None] | None = print) -> Bundle:
     """The best CORE data this machine can have, fetched/built once (memoised per process).
@@ -325,7 +318,7 @@ def ensure_bundle(download: bool = True, offline: bool = True, refresh: bool = F
 
 
 def _acquire(dest: Path, download: bool, offline: bool, refresh: bool, log) -> Bundle:
-    manifest = _read_manifest(dest) if dest.exists() else {}
+    manifest = read_manifest(dest)
     kind = manifest.get("kind") if manifest else ("custom" if (dest / "core.yaml").exists() else None)
     have_official = kind in ("official", "custom")
     url = bundle_url() if download else None

@@ -3,13 +3,12 @@
 The layout is $NANOCHAT_BASE_DIR/task_data/<dataset>/<split>.jsonl, one row per line, beside
 <split>.source, one line saying where the rows came from. The rows of each dataset:
 
-    arc_easy, arc_challenge, mmlu  {"question", "choices": [str, ...], "answer": int (, "subject")}
-    gsm8k                          {"question", "answer"}  (with <<calc>> notes, ending "#### N")
-    humaneval                      {"task_id", "prompt", "canonical_solution", "test",
-                                    "entry_point"}
-    smoltalk                       {"messages": [{"role", "content"}, ...]}
-    chitchat                       {"id", "messages": [...]}   (split "all")
-    words                          {"word"}                    (split "all")
+    arc_easy, arc_challenge, mmlu: {"question", "choices": [str, ...], "answer": int (, "subject")}
+    gsm8k: {"question", "answer"}  (the answer with <<calc>> notes, ending "#### N")
+    humaneval: {"task_id", "prompt", "canonical_solution", "test", "entry_point"}
+    smoltalk: {"messages": [{"role", "content"}, ...]}
+    chitchat (split "all"): {"id", "messages": [...]}
+    words (split "all"): {"word"}
 
 Tasks call `load(dataset, split)` and see only those rows. A local copy wins while it is configured:
 $NANOCHAT_TASK_DIR/<dataset>_<split>.*, <dataset>/<split>.* or <dataset>.* (jsonl, parquet, json,
@@ -42,8 +41,6 @@ class TaskUnavailable(Exception):
     """The data for a task could not be obtained. str(exc) is a ready-made one-line report entry."""
 
     def __init__(self, task: str, reason: str, reasons: list[str] | None = None):
-        self.task = task
-        self.reason = reason
         self.reasons = list(reasons) if reasons else [reason]  # one entry per source tried
         super().__init__(f"{task}: not available offline ({reason})")
 
@@ -415,7 +412,7 @@ def main(argv=None) -> None:
             continue
         for split in DATASETS[name].splits:
             try:
-                if args.refresh or not (layout_dir() / name / f"{split}.jsonl").exists():
+                if args.refresh:
                     fill(name, split)
                 rows, source = load(name, split)
                 print(f"{name}/{split}: {len(rows):,} rows from {source}")
