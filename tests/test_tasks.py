@@ -63,8 +63,18 @@ def test_humaneval_offline_and_scoring(offline):
         assert not task.evaluate(conv, "    return None\n"), conv["task_id"]
     # HumanEval/38's prompt defines a helper the solution needs: it must survive a full redefinition
     conv = next(c for c in task if c["task_id"] == "HumanEval/38")
-    prog = build_program(conv["prompt"], conv["messages"][1]["content"], conv["test"], conv["entry_point"])
-    assert "def encode_cyclic" in prog and prog.rstrip().endswith("check(decode_cyclic)")
+    prog = build_program(conv["prompt"], conv["messages"][1]["content"], conv["test"], conv["entry_point"], 57)
+    assert "def encode_cyclic" in prog and prog.rstrip().endswith("check(decode_cyclic)\nraise SystemExit(57)")
+
+
+def test_humaneval_a_completion_that_exits_early_does_not_pass(offline):
+    """Exit status 0 before `check` runs (a `__main__` block calling sys.exit, os._exit) is no pass."""
+    task = HumanEval()
+    conv = next(iter(task))
+    wrong = "    return None\n"
+    for escape in ("import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n",
+                   'if __name__ == "__main__":\n    raise SystemExit\n'):
+        assert not task.evaluate(conv, wrong + escape), escape
 
 
 def test_mmlu_offline_drops_header_rows(offline):

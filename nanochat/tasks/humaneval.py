@@ -6,6 +6,7 @@ sandboxed process). The rows come from `nanochat.task_data`.
 from __future__ import annotations
 
 import re
+import secrets
 
 from nanochat import task_data
 from nanochat.tasks.base import Task
@@ -19,18 +20,20 @@ def extract_code(completion: str) -> str:
     return m.group(1) if m else completion
 
 
-def build_program(prompt: str, completion: str, test: str, entry_point: str) -> str:
-    """Prompt + completion + the task's tests + the call to `check`.
+def build_program(prompt: str, completion: str, test: str, entry_point: str, passed_code: int = 0) -> str:
+    """Prompt + completion + the task's tests + the call to `check`, then exit with `passed_code`.
 
     A completion that (re)defines the entry point is appended after the prompt (so helper functions
     and imports in the prompt stay available); otherwise it is taken as the body continuing the prompt.
+    A secret `passed_code` proves `check` ran to its end: a completion that exits early with status 0
+    (`sys.exit()` under `if __name__ == "__main__":`, `os._exit(0)`) must not count as a pass.
     """
     code = extract_code(completion)
     if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", code, re.M):
         body = prompt.rstrip("\n") + "\n\n" + code
     else:
         body = prompt + code
-    return f"{body}\n\n{test}\n\ncheck({entry_point})\n"
+    return f"{body}\n\n{test}\n\ncheck({entry_point})\nraise SystemExit({passed_code})\n"
 
 
 class HumanEval(Task):
@@ -59,5 +62,7 @@ class HumanEval(Task):
 
     def evaluate(self, conversation: dict, completion: str) -> bool:
         from nanochat.execution import execute
-        program = build_program(conversation["prompt"], completion, conversation["test"], conversation["entry_point"])
-        return execute(program, timeout=self.timeout).success
+        passed_code = 3 + secrets.randbelow(120)  # an exit status the completion cannot know
+        program = build_program(conversation["prompt"], completion, conversation["test"], conversation["entry_point"],
+                                passed_code)
+        return execute(program, timeout=self.timeout).returncode == passed_code
