@@ -18,7 +18,7 @@ continues after the furthest position read (dataloader.rebase_state).
 `decide_resume` is the pure decision (file inspection, rank 0); `resolve_resume` applies it on
 every rank and loads the step; `restore_optimizers` and `loader_resume_state` hand the loaded
 state to the optimizers and data loaders; `rng_state` is what a checkpoint saves for
-`restore_optimizers` to put back. `training.resume_or_start` strings them together for a stage.
+`restore_optimizers` to put back. `startup.resume_or_start` strings them together for a stage.
 """
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ def _meta_or_empty(ckpt_dir, step) -> dict:
 
 
 def resolve_resume(ctx, ckpt_dir: Path, semantic: dict) -> Resumed | None:
-    """Apply the resume policy (see module doc) for the run `ctx` (a training.RunContext: master,
+    """Apply the resume policy (see module doc) for the run `ctx` (a startup.RunContext: master,
     rank, world, device, args.resume/resume_from_step). Every rank must call it: rank 0 decides,
     sets up the directory the run writes (ckm.write_dir) and cleans up, the others receive the decision."""
     decision = None

@@ -19,6 +19,7 @@ import time
 import torch
 
 from nanochat.common import UserError, dist_env, print0, run_main
+from nanochat import startup
 from nanochat import training as tr
 from nanochat.resume import loader_resume_state
 
@@ -161,11 +162,11 @@ def check_shards() -> None:
 def main(argv=None) -> None:
     args = tr.parse_args(build_parser(), argv)
     validate(args)
-    ctx = tr.init_run(args, project="nanochat")
+    ctx = startup.init_run(args, project="nanochat")
     try:
         run(ctx, args)
     finally:
-        tr.cleanup(ctx)
+        startup.cleanup(ctx)
 
 
 def run(ctx, args) -> None:
@@ -194,7 +195,7 @@ def run(ctx, args) -> None:
     accum = tr.grad_accum_steps(args.total_batch_size, B, T, ctx.world)
     check_fits(args, config, vocab, ctx.device)
 
-    tr.set_seeds(args.seed)
+    startup.set_seeds(args.seed)
     with torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=ctx.device)
@@ -211,7 +212,7 @@ def run(ctx, args) -> None:
     ckpt_dir = ckm.checkpoint_dir("base", tag)
     semantic = tr.semantic_config(args, {"vocab_size": vocab})
     check_shards()  # before the resume policy may clear this tag's old checkpoints
-    start = tr.resume_or_start(ctx, model, ckpt_dir, semantic)
+    start = startup.resume_or_start(ctx, model, ckpt_dir, semantic)
     model_c, optimizers, resumed = start.model_c, start.optimizers, start.resumed
 
     print0(f"model: depth {config.n_layer}, dim {config.n_embd}, heads {config.n_head}, windows "
@@ -236,8 +237,8 @@ def run(ctx, args) -> None:
             val.close()
         return {"val_bpb": m["bpb"], "val_loss": m["loss"]}
 
-    meta = tr.model_meta(model, args, semantic, tokenizer, stage="base", num_iterations=N, model_tag=tag,
-                         total_batch_size=args.total_batch_size, max_seq_len=T)
+    meta = startup.model_meta(model, args, semantic, tokenizer, stage="base", num_iterations=N, model_tag=tag,
+                              total_batch_size=args.total_batch_size, max_seq_len=T)
     # step s: evaluate and checkpoint the model after s optimizer steps, then train step s + 1
     t0 = time.time()
     loader_state = None

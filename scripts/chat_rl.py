@@ -18,6 +18,7 @@ import time
 
 from nanochat.common import UserError, device_name, dist_env, print0, run_main
 from nanochat import rl
+from nanochat import startup
 from nanochat import training as tr
 
 SECTION = "Chat RL"
@@ -73,11 +74,11 @@ def validate(args) -> None:
 def main(argv=None) -> None:
     args = tr.parse_args(build_parser(), argv)
     validate(args)
-    ctx = tr.init_run(args, project="nanochat-rl")
+    ctx = startup.init_run(args, project="nanochat-rl")
     try:
         run(ctx, args)
     finally:
-        tr.cleanup(ctx)
+        startup.cleanup(ctx)
 
 
 def num_iterations(args, num_train: int) -> int:
@@ -90,7 +91,7 @@ def run(ctx, args) -> None:
     from nanochat.engine import Engine
     from nanochat.optim import lr_multiplier
 
-    ft = tr.prepare_finetune(ctx, args, source=args.source, out_stage="rl", compile_dynamic=True)
+    ft = startup.prepare_finetune(ctx, args, source=args.source, out_stage="rl", compile_dynamic=True)
     tasks = rl.load_tasks()  # (after the checkpoint: a missing SFT model fails before any data is fetched)
     model, tokenizer = ft.model, ft.tokenizer
     engine = Engine(model, tokenizer)
@@ -117,9 +118,9 @@ def run(ctx, args) -> None:
     last_eval = dict(history["evals"][-1][1]) if history["evals"] else {}
     if start > N:
         print0(f"warning: resumed step {start} is past --num-iterations={N}: nothing to train")
-    meta = tr.model_meta(model, args, ft.semantic, tokenizer, stage="rl", num_iterations=N, model_tag=ft.tag,
-                         upstream=ft.upstream, max_seq_len=ft.seq_len, train_source=tasks.train.source,
-                         eval_source=tasks.test.source)
+    meta = startup.model_meta(model, args, ft.semantic, tokenizer, stage="rl", num_iterations=N, model_tag=ft.tag,
+                              upstream=ft.upstream, max_seq_len=ft.seq_len, train_source=tasks.train.source,
+                              eval_source=tasks.test.source)
 
     # step s: evaluate and checkpoint the model after s optimizer steps, then train step s + 1
     step = start

@@ -18,6 +18,7 @@ import contextlib
 import time
 
 from nanochat.common import UserError, dist_env, print0, run_main
+from nanochat import startup
 from nanochat import training as tr
 from nanochat.chat_eval import categorical_accuracy
 from nanochat.resume import loader_resume_state
@@ -84,11 +85,11 @@ def chat_metrics(ctx, ft, step: int, tasks: dict, max_problems: int) -> dict:
 def main(argv=None) -> None:
     args = tr.parse_args(build_parser(), argv)
     validate(args)
-    ctx = tr.init_run(args, project="nanochat-sft")
+    ctx = startup.init_run(args, project="nanochat-sft")
     try:
         run(ctx, args)
     finally:
-        tr.cleanup(ctx)
+        startup.cleanup(ctx)
 
 
 def run(ctx, args) -> None:
@@ -99,7 +100,7 @@ def run(ctx, args) -> None:
     train_task = tr.load_mixture("sft", "train")
     val_task = tr.load_mixture("sft", "val")
     # batch widths are powers of two (nanochat.dataloader.bucket_width): few shapes, static compile
-    ft = tr.prepare_finetune(ctx, args, source=args.source, out_stage="sft", compile_dynamic=False)
+    ft = startup.prepare_finetune(ctx, args, source=args.source, out_stage="sft", compile_dynamic=False)
     B, T = args.device_batch_size, ft.seq_len
     accum = tr.grad_accum_steps(args.target_examples_per_step, B, 1, ctx.world,
                                 total_flag="--target-examples-per-step", unit="conversations")
@@ -125,8 +126,8 @@ def run(ctx, args) -> None:
             val.close()
         return {"val_loss": m["loss"]}
 
-    meta = tr.model_meta(ft.model, args, ft.semantic, ft.tokenizer, stage="sft", num_iterations=N, model_tag=ft.tag,
-                         upstream=ft.upstream, max_seq_len=T)
+    meta = startup.model_meta(ft.model, args, ft.semantic, ft.tokenizer, stage="sft", num_iterations=N,
+                              model_tag=ft.tag, upstream=ft.upstream, max_seq_len=T)
     flops_per_token = ft.model.estimate_flops()
     metric_tasks = None  # loaded at the first measurement
     # step s: evaluate and checkpoint the model after s optimizer steps, then train step s + 1

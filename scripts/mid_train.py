@@ -18,6 +18,7 @@ import math
 import time
 
 from nanochat.common import UserError, dist_env, print0, run_main
+from nanochat import startup
 from nanochat import training as tr
 from nanochat.resume import loader_resume_state
 
@@ -63,11 +64,11 @@ def estimate_epoch_steps(task, tokenizer, row_len: int, tokens_per_step: int, sa
 def main(argv=None) -> None:
     args = tr.parse_args(build_parser(), argv)
     validate(args)
-    ctx = tr.init_run(args, project="nanochat-mid")
+    ctx = startup.init_run(args, project="nanochat-mid")
     try:
         run(ctx, args)
     finally:
-        tr.cleanup(ctx)
+        startup.cleanup(ctx)
 
 
 def run(ctx, args) -> None:
@@ -78,7 +79,7 @@ def run(ctx, args) -> None:
 
     train_task = tr.load_mixture("mid", "train")
     val_task = tr.load_mixture("mid", "val")
-    ft = tr.prepare_finetune(ctx, args, source="base", out_stage="mid")
+    ft = startup.prepare_finetune(ctx, args, source="base", out_stage="mid")
     B, T = args.device_batch_size, ft.seq_len
     accum = tr.grad_accum_steps(args.total_batch_size, B, T, ctx.world)
     token_bytes = get_token_bytes(ctx.device)
@@ -104,8 +105,8 @@ def run(ctx, args) -> None:
             val.close()
         return {"val_loss": m["loss"], "val_bpb": m["bpb"]}
 
-    meta = tr.model_meta(ft.model, args, ft.semantic, ft.tokenizer, stage="mid", num_iterations=N, model_tag=ft.tag,
-                         upstream=ft.upstream, max_seq_len=T, total_batch_size=args.total_batch_size)
+    meta = startup.model_meta(ft.model, args, ft.semantic, ft.tokenizer, stage="mid", num_iterations=N,
+                              model_tag=ft.tag, upstream=ft.upstream, max_seq_len=T, total_batch_size=args.total_batch_size)
     flops_per_token = ft.model.estimate_flops()
     # step s: evaluate and checkpoint the model after s optimizer steps, then train step s + 1
     loader_state = None

@@ -176,7 +176,7 @@ def test_missing_tokenizer_is_a_user_error(base_dir):
     ("chat_sft", ["--device-type=cpu", "--model-tag=x"]),
 ])
 def test_every_training_script_prints_its_world_once(base_dir, monkeypatch, capsys, module, argv):
-    """All three go through training.init_run, which prints the line before anything is loaded (here
+    """All three go through startup.init_run, which prints the line before anything is loaded (here
     the tokenizer, mixture or checkpoint is missing, so each then stops with a UserError)."""
     import importlib
     from nanochat import training
