@@ -10,6 +10,8 @@ import torch
 import nanochat.attention as A
 import nanochat.gpt as G
 from nanochat.gpt import GPT, GPTConfig
+from nanochat.gpt_config import default_short_window
+from nanochat.loss import SOFTCAP
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,11 +74,11 @@ def test_bad_config_raises(kw, needle):
 
 
 def test_default_short_window_rule():
-    assert G.default_short_window(2048) == 1024
-    assert G.default_short_window(1000) == 384   # 500 -> multiple of 128 below
-    assert G.default_short_window(300) == 128
-    assert G.default_short_window(64) == 32      # below 128: plain half
-    assert G.default_short_window(1) == 1
+    assert default_short_window(2048) == 1024
+    assert default_short_window(1000) == 384   # 500 -> multiple of 128 below
+    assert default_short_window(300) == 128
+    assert default_short_window(64) == 32      # below 128: plain half
+    assert default_short_window(1) == 1
 
 
 def test_window_pattern_tiling_last_layer_full():
@@ -100,7 +102,7 @@ def test_forward_shapes_and_losses():
     tgt[0, :5] = -1
     logits = model(idx)
     assert logits.shape == (3, 17, 256) and logits.dtype == torch.float32
-    assert logits.abs().max() <= G.SOFTCAP
+    assert logits.abs().max() <= SOFTCAP
     mean = model(idx, tgt)
     total = model(idx, tgt, loss_reduction="sum")
     per_tok = model(idx, tgt, loss_reduction="none")
