@@ -1,23 +1,18 @@
-"""Data loaders for every training stage: pretraining text, midtraining and SFT conversations.
+"""Data loaders for every training stage: which tokens go into each batch (pretraining text, midtraining
+and SFT conversations), with an exact resume state.
 
 All loaders yield `(inputs [B, T] int64, targets [B, T] int64, state)` on the target device, where
 `state` is a small JSON-able dict: passing it back as `resume_state` continues with EXACTLY the
 batches that would have followed (same process count), which is what makes a resumed run reproduce
 the uninterrupted one.
 
-Pretraining (`DataLoader`, `pretrain_loader`)
----------------------------------------------
+Pretraining (`PretrainStream`, `pretrain_loader`)
+-------------------------------------------------
 Row groups come from `nanochat.shards.parquets_iter_batched(split, start=rank, step=world)` (so
 ranks read disjoint row groups) and are tokenized on the fly with the tokenizer's threaded batch
 encode, every document getting a leading BOS. Documents wait in a buffer of `buffer_size` (default
-1000) documents; each row of T+1 tokens is filled by best-fit packing:
-
-  * repeatedly place the LARGEST buffered document that fits the space left in the row (ties: the
-    oldest document), refilling the buffer from the next row group whenever it drops below
-    `buffer_size`;
-  * when no buffered document fits, the SHORTEST buffered document is cropped to exactly the space
-    left and its tail is discarded (a tail has no BOS, so it could never start a row). That crop is
-    the only way a token is dropped; it also closes every row, so rows are always full (no padding).
+1000) documents, refilled from the next row group whenever it drops below that; each row of T+1
+tokens is filled by best-fit packing with crops (nanochat.packer), so rows are always full.
 
 Hence every row starts with BOS and every document starts at a BOS. inputs = row[:-1],
 targets = row[1:]. The train split cycles forever (`state["epoch"]` counts passes); so does val:
@@ -47,102 +42,20 @@ the task forever (epoch counter).
     two (>= 64, <= T: few distinct shapes for compiled/flex kernels); pad inputs are
     `<|assistant_end|>`, pad targets -1.
 
-Transfer: batches are produced ahead by one worker thread (a bounded deque of futures) so
-tokenization overlaps the GPU; on CUDA each batch is written into ONE pinned host buffer and moved
-with ONE non-blocking copy into a persistent device buffer. On CUDA the returned tensors are views of that buffer: they are
-valid until the next batch is requested (clone them to keep them). On CPU every batch is fresh.
+Every loader is a nanochat.device_loader.DataLoader over one of these streams.
 """
 from __future__ import annotations
 
-import bisect
 import warnings
-from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Callable
+from collections import OrderedDict
 
 import numpy as np
-import torch
 
 from nanochat.common import UserError
+from nanochat.device_loader import DataLoader
+from nanochat.packer import BestFitPacker
 
 STATE_VERSION = 1
-
-
-# ============================================================================ best-fit packer
-
-class BestFitPacker:
-    """A buffer of token sequences (each starting with BOS) that builds fixed-length rows.
-
-    Items are kept sorted by (length, -insertion_order), so "largest that fits" and "shortest"
-    are bisections; ties go to the oldest item. Selection depends only on the multiset of
-    buffered items and their relative insertion order, which is what resume reconstructs.
-    """
-
-    def __init__(self, row_len: int, crop: bool = True, pad_id: int = 0):
-        if row_len < 2:
-            raise ValueError("row_len must be >= 2")
-        self.row_len = row_len
-        self.crop = crop
-        self.pad_id = pad_id
-        self._keys: list[tuple[int, int]] = []          # sorted (length, -seq)
-        self._items: dict[int, tuple] = {}              # seq -> (ids, mask, ident)
-        self._seq = 0
-        self.cropped_tokens = 0                         # tokens discarded by crops (diagnostics)
-        self.padded_tokens = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def add(self, ids, ident, mask=None) -> None:
-        if len(ids) == 0:
-            return
-        seq = self._seq
-        self._seq += 1
-        self._items[seq] = (ids, mask, ident)
-        bisect.insort(self._keys, (len(ids), -seq))
-
-    def idents(self) -> list:
-        """Identities of the buffered items, oldest first."""
-        return [self._items[s][2] for s in sorted(self._items)]
-
-    def _pop(self, index: int):
-        _, negseq = self._keys.pop(index)
-        return self._items.pop(-negseq)
-
-    def build_row(self, refill: Callable[[], None]):
-        """One row: (ids int64 [row_len], mask int8 [row_len], idents of the items used)."""
-        n = self.row_len
-        row = np.empty(n, dtype=np.int64)
-        mask = np.ones(n, dtype=np.int8)
-        used = []
-        filled = 0
-        while filled < n:
-            refill()
-            if not self._keys:
-                raise RuntimeError("data source produced no documents")
-            space = n - filled
-            i = bisect.bisect_right(self._keys, (space, 1)) - 1   # largest length <= space, oldest
-            if i >= 0:
-                ids, m, ident = self._pop(i)
-                k = len(ids)
-            elif self.crop or filled == 0:
-                # nothing fits: crop the shortest (oldest among equals), drop its tail
-                shortest = self._keys[0][0]
-                j = bisect.bisect_right(self._keys, (shortest, 1)) - 1
-                ids, m, ident = self._pop(j)
-                self.cropped_tokens += len(ids) - space
-                k = space
-            else:
-                row[filled:] = self.pad_id
-                mask[filled:] = 0
-                self.padded_tokens += space
-                break
-            row[filled:filled + k] = ids[:k]
-            if m is not None:
-                mask[filled:filled + k] = m[:k]
-            filled += k
-            used.append(ident)
-        return row, mask, used
 
 
 # ============================================================================ pretraining stream
@@ -448,97 +361,6 @@ def rebase_state(states: list, rank: int, world: int) -> dict | None:
             out["pending"] = []
         return out
     return None
-
-
-# ============================================================================ threaded device loader
-
-class DataLoader:
-    """Iterator of (inputs, targets, state) on `device`, produced by `stream.next_batch(B)`.
-
-    One worker thread runs `next_batch` ahead of the consumer: up to `prefetch` batches are
-    requested at a time (a bounded deque of futures; prefetch=0: produce inline). A single worker
-    runs them in submission order, so the batches come in exactly the stream's order. An error
-    raised while producing (e.g. a corrupt shard -> UserError) is re-raised by __next__ (through
-    `result()`), after which the loader is closed.
-    """
-
-    def __init__(self, stream, B: int, T: int, device="cpu", prefetch: int = 3):
-        if B < 1 or T < 1:
-            raise UserError(f"batch size and sequence length must be positive (got B={B}, T={T})")
-        self.stream, self.B, self.T = stream, B, T
-        self.device = torch.device(device)
-        self._cuda = self.device.type == "cuda"
-        self._host = self._dev = self._event = None
-        if self._cuda:
-            n = 2 * B * T
-            self._host = torch.empty(n, dtype=torch.int64, pin_memory=True)
-            self._dev = torch.empty(n, dtype=torch.int64, device=self.device)
-        self._prefetch = max(0, int(prefetch))
-        self._ahead: deque[Future] = deque()
-        self._pool = None
-        if self._prefetch:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nanochat-dataloader")
-            for _ in range(self._prefetch):   # start producing now (overlaps model setup / compile)
-                self._ahead.append(self._pool.submit(stream.next_batch, B))
-
-    def __iter__(self):
-        return self
-
-    def _get(self):
-        if not self._prefetch:
-            return self.stream.next_batch(self.B)
-        if self._pool is None:
-            raise RuntimeError("data loader is closed")
-        try:
-            batch = self._ahead.popleft().result()
-        except BaseException:
-            self.close()
-            raise
-        self._ahead.append(self._pool.submit(self.stream.next_batch, self.B))  # keep `prefetch` requested
-        return batch
-
-    def __next__(self):
-        inputs, targets, state = self._get()
-        return (*self._to_device(inputs, targets), state)
-
-    def _to_device(self, inputs: np.ndarray, targets: np.ndarray):
-        B, t = inputs.shape
-        if not self._cuda:
-            x, y = torch.from_numpy(inputs), torch.from_numpy(targets)
-            if self.device.type != "cpu":
-                x, y = x.to(self.device), y.to(self.device)
-            return x, y
-        n = B * t
-        if 2 * n > self._host.numel():  # (only an unusually wide SFT batch): grow once
-            self._host = torch.empty(2 * n, dtype=torch.int64, pin_memory=True)
-            self._dev = torch.empty(2 * n, dtype=torch.int64, device=self.device)
-            self._event = None
-        if self._event is not None:
-            self._event.synchronize()  # the previous copy out of the pinned buffer has finished
-        self._host[:n].copy_(torch.from_numpy(inputs).view(-1))
-        self._host[n:2 * n].copy_(torch.from_numpy(targets).view(-1))
-        self._dev[:2 * n].copy_(self._host[:2 * n], non_blocking=True)
-        self._event = torch.cuda.Event()
-        self._event.record()
-        return self._dev[:n].view(B, t), self._dev[n:2 * n].view(B, t)
-
-    def close(self, timeout: float = 30.0):
-        """Cancel the batches not started and wait (up to `timeout`) for the one in progress. The
-        wait matters: a worker still inside pyarrow/torch C++ code while the interpreter tears
-        down can abort the process ("terminate called without an active exception") after a clean
-        error message, turning exit code 2 into SIGABRT."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        pool.shutdown(wait=False, cancel_futures=True)
-        wait([f for f in self._ahead if not f.cancelled()], timeout)  # (a cancelled one never reads as done)
-        self._ahead.clear()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 # ============================================================================ constructors

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from nanochat.dataloader import (BestFitPacker, DataLoader, MidStream, PretrainStream, SFTStream, pretrain_loader,
-                                 rebase_state)
+from nanochat.dataloader import MidStream, PretrainStream, SFTStream, pretrain_loader, rebase_state
+from nanochat.device_loader import DataLoader
+from nanochat.packer import BestFitPacker
 
 # ----------------------------------------------------------------------------- shared corpus helpers
 
