@@ -96,11 +96,6 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
     return parser.parse_args(argv)
 
 
-def require(cond: bool, message: str) -> None:
-    if not cond:
-        raise UserError(message)
-
-
 def check_positive(args, *names, allow_minus_one=()):
     for n in names:
         v = getattr(args, n)
@@ -319,20 +314,6 @@ class Progress:
         return {"train_losses": self.train_losses, "evals": self.evals, "total_time": self.total_time,
                 "tokens_trained": self.tokens_trained, "extras": self.extras}
 
-    @property
-    def mean_tok_per_sec(self) -> float:
-        return sum(self.tps) / len(self.tps) if self.tps else 0.0
-
-    @property
-    def mean_mfu(self) -> float:
-        if not math.isfinite(self.peak):
-            return math.nan
-        return sum(self.mfus) / len(self.mfus) if self.mfus else 0.0
-
-    @property
-    def peak_memory_gib(self) -> float | None:
-        return self.ctx.peak_memory_gib()
-
 
 def save_checkpoint(ctx, step: int, model, optimizers, meta: dict, loop_state: dict, metrics: dict,
                     loader_state=None, resumed: Resumed | None = None, keep_last: int = 0) -> None:
@@ -384,20 +365,21 @@ def finish_report(ctx, section: str, curve: str, progress: Progress, config: dic
 
 
 def summary_metrics(ctx, progress: Progress) -> dict:
+    mean = (lambda xs: sum(xs) / len(xs) if xs else 0.0)
     out = {
         "Final step": progress.final_step,
         "Final train loss": progress.train_losses[-1][1] if progress.train_losses else float("nan"),
         "Tokens trained": progress.tokens_trained,
         "Training time": fmt_time(progress.total_time),
-        "Mean tok/s": progress.mean_tok_per_sec,
-        "Mean MFU %": progress.mean_mfu if math.isfinite(progress.mean_mfu) else "n/a (no bf16 peak known for this device)",
+        "Mean tok/s": mean(progress.tps),
+        "Mean MFU %": mean(progress.mfus) if math.isfinite(progress.peak) else "n/a (no bf16 peak known for this device)",
         "Processes": ctx.world,
         "Device": device_name(ctx.device),
     }
     if progress.time_to_first_step is not None:
         out["Time to first step (s)"] = round(progress.time_to_first_step, 1)
-    if progress.peak_memory_gib is not None:
-        out["Peak memory (GiB)"] = round(progress.peak_memory_gib, 2)
+    if ctx.peak_memory_gib() is not None:
+        out["Peak memory (GiB)"] = round(ctx.peak_memory_gib(), 2)
     return out
 
 

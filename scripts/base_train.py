@@ -268,8 +268,8 @@ def run(ctx, args) -> None:
             step += 1
             progress.log_step(step, loss, ntok, time.perf_counter() - t_step, lrm)
     print0(f"training done in {time.time() - t0:.1f}s wall | final val bpb {progress.last_eval.get('val_bpb')}")
-    if progress.peak_memory_gib is not None:
-        print0(f"peak memory: {progress.peak_memory_gib:.2f} GiB")
+    if ctx.peak_memory_gib() is not None:
+        print0(f"peak memory: {ctx.peak_memory_gib():.2f} GiB")
 
     if args.dry_run:
         print0("--dry-run: no checkpoint, no report")

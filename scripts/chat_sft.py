@@ -53,12 +53,9 @@ def validate(args) -> None:
                       allow_minus_one=("max_seq_len", "eval_metrics_max_problems"))
     if args.num_iterations < -1:
         raise UserError(f"--num-iterations={args.num_iterations} must be >= 0 (or -1 = from --num-epochs)")
-    if args.model_step < -1:
-        raise UserError(f"--model-step={args.model_step} must be a step >= 0 (or -1 = newest)")
-    for n in ("eval_every", "eval_metrics_every"):
-        v = getattr(args, n)
-        if v == 0 or v < -1:
-            raise UserError(f"--{n.replace('_', '-')}={v} must be a positive number of steps or -1")
+    tr.check_source_and_schedule(args)
+    if args.eval_metrics_every == 0 or args.eval_metrics_every < -1:
+        raise UserError(f"--eval-metrics-every={args.eval_metrics_every} must be a positive number of steps or -1")
     tr.grad_accum_steps(args.target_examples_per_step, args.device_batch_size, 1, dist_env()[3],
                         total_flag="--target-examples-per-step", unit="conversations")
 
