@@ -1,5 +1,7 @@
 """The GPT model of every stage: its modules, initialisation, forward, decode step, optimizer groups
-and FLOP estimate (shape: nanochat.gpt_config; loss: nanochat.loss; caches: nanochat.kv_cache).
+and FLOP estimate. Elsewhere: its shape (nanochat.gpt_config), loss (nanochat.loss), KV caches
+(nanochat.kv_cache) and attention back ends (FlexAttention, cuDNN's window kernel, band masks, the
+KV-cache SDPA context: nanochat.attention).
 
 Architecture (all choices made for speed of training at small scale):
 - token embedding (untied from lm_head), RMSNorm right after it;
@@ -12,9 +14,6 @@ Architecture (all choices made for speed of training at small scale):
 
 Window semantics: a layer with window w lets the query at position i see keys j with
 i - w < j <= i, i.e. w keys including itself ("L" = unlimited).
-
-Attention back ends (FlexAttention, cuDNN's window kernel, band masks, the KV-cache SDPA
-context): nanochat.attention.
 
 Training with torch.compile: GPT.compile_for_training compiles each block on its own (regional
 compilation: blocks with the same window share one graph, so compile time does not grow with depth);
@@ -175,8 +174,8 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        # rows of the flattened [B*T, D] final activations per loss chunk (nanochat.loss): larger chunks
-        # gain almost no speed for much more peak memory (bench/RESULTS.md)
+        # rows of the flattened [B*T, D] final activations per loss chunk (nanochat.loss): larger
+        # chunks gain almost no speed for much more peak memory (bench/RESULTS.md)
         self.loss_chunk_rows = 8192
         self.wte = Embedding(config.vocab_size, config.n_embd)
         self.blocks = nn.ModuleList(Block(config, i, w) for i, w in enumerate(config.layer_windows()))
@@ -316,12 +315,12 @@ class GPT(nn.Module):
 
     # -- forward
 
-    def make_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+    def make_kv_cache(self, batch_size: int, max_len: int) -> KVCache:
         if max_len > self.rotary_len:
             raise ValueError(f"max_len={max_len} exceeds the rotary tables ({self.rotary_len} positions)")
         cfg = self.config
         return KVCache(batch_size, max_len, cfg.n_layer, cfg.n_kv_head, cfg.head_dim,
-                       device=self.wte.weight.device, dtype=dtype)
+                       device=self.wte.weight.device)
 
     def make_static_kv_cache(self, batch_size: int, max_len: int, dtype: torch.dtype) -> StaticKVCache:
         if max_len > self.rotary_len:

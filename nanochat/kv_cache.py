@@ -17,20 +17,13 @@ class KVCache:
     """
 
     def __init__(self, batch_size: int, max_len: int, n_layer: int, n_kv_head: int, head_dim: int,
-                 device=None, dtype: torch.dtype | None = None):
+                 device=None):
         self.batch_size, self.max_len = batch_size, max_len
         self.n_layer, self.n_kv_head, self.head_dim = n_layer, n_kv_head, head_dim
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.pos = 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
-        if dtype is not None:
-            self._allocate(dtype)
-
-    def _allocate(self, dtype):
-        shape = (self.n_layer, self.batch_size, self.n_kv_head, self.max_len, self.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v [B, Hkv, T, hd] at [pos, pos+T) of `layer`; return that layer's [0, pos+T)."""
@@ -41,7 +34,9 @@ class KVCache:
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > max_len={self.max_len}")
         if self.k is None:
-            self._allocate(k.dtype)
+            shape = (self.n_layer, self.batch_size, self.n_kv_head, self.max_len, self.head_dim)
+            self.k = torch.zeros(shape, dtype=k.dtype, device=self.device)
+            self.v = torch.zeros(shape, dtype=k.dtype, device=self.device)
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
