@@ -1,5 +1,5 @@
-"""Data loaders for every training stage: which tokens go into each batch (pretraining text, midtraining
-and SFT conversations), with an exact resume state.
+"""Data loaders for every training stage: which tokens go into each batch (pretraining text,
+midtraining and SFT conversations), with an exact resume state.
 
 All loaders yield `(inputs [B, T] int64, targets [B, T] int64, state)` on the target device, where
 `state` is a small JSON-able dict: passing it back as `resume_state` continues with EXACTLY the
@@ -34,13 +34,7 @@ conversation longer than T+1 tokens is truncated to T+1 by the renderer and then
 its own; a conversation is never split across rows. Targets are -1 wherever the renderer's mask is
 0 (user turns, BOS, tool outputs, padding), so the loss covers assistant tokens only. Conversations
 without any trained token are skipped. Rank r of W uses examples r, r+W, r+2W, ... and cycles over
-the task forever (epoch counter).
-
-  * mid: the same best-fit packing into rows of T+1 tokens, but never cropping: when nothing fits,
-    the rest of the row is padded (inputs BOS, targets -1).
-  * sft: one conversation per row; a batch is padded to its longest row rounded up to a power of
-    two (>= 64, <= T: few distinct shapes for compiled/flex kernels); pad inputs are
-    `<|assistant_end|>`, pad targets -1.
+the task forever (epoch counter). MidStream packs them into rows, SFTStream puts one in each row.
 
 Every loader is a nanochat.device_loader.DataLoader over one of these streams.
 """
@@ -100,7 +94,7 @@ class PretrainStream:
         self._serial = 0
         self.pending: OrderedDict[int, dict] = OrderedDict()  # row groups with docs in the buffer
         self.rows_emitted = 0
-        if resume_state is not None:
+        if _resumes(resume_state, "pretrain", rank, world, split=split):
             self._restore(resume_state)
 
     # ---------------------------------------------------------------- reading
@@ -167,11 +161,6 @@ class PretrainStream:
         }
 
     def _restore(self, st: dict):
-        _check_state(st, "pretrain", split=self.split)
-        if (st.get("rank"), st.get("world")) != (self.rank, self.world):
-            warnings.warn(f"data loader state was saved by rank {st.get('rank')} of {st.get('world')}, "
-                          f"this is rank {self.rank} of {self.world}: the data stream restarts")
-            return
         self.epoch = int(st["epoch"])
         self.rows_emitted = int(st.get("rows", 0))
         for prev, pos, docs in st["pending"]:
@@ -192,13 +181,21 @@ class PretrainStream:
         self.last_pos = _pos(st["last"])
 
 
-def _check_state(st, kind, **expect):
+def _resumes(st: dict | None, kind: str, rank: int, world: int, **expect) -> bool:
+    """Whether `st` (None: a fresh start) resumes this stream; another process layout's warns."""
+    if st is None:
+        return False
     if not isinstance(st, dict) or st.get("version") != STATE_VERSION or st.get("kind") != kind:
         raise UserError(f"unusable data loader state (expected a {kind!r} state of version {STATE_VERSION}): "
                         f"start over with --resume=fresh")
     for k, v in expect.items():
         if st.get(k) != v:
             raise UserError(f"data loader state is for {k}={st.get(k)!r}, not {v!r}: start over with --resume=fresh")
+    if (st.get("rank"), st.get("world")) == (rank, world):
+        return True
+    warnings.warn(f"{kind} data loader state was saved by rank {st.get('rank')} of {st.get('world')}, "
+                  f"this is rank {rank} of {world}: the data stream restarts")
+    return False
 
 
 # ============================================================================ chat streams
@@ -217,16 +214,22 @@ def _targets(ids, mask):
 
 
 class _TaskCursor:
-    """Walks examples rank, rank+world, ... of a task forever, counting epochs."""
+    """Examples rank, rank+world, ... of a task, forever (epochs counted); their resume state."""
 
-    def __init__(self, task, rank, world, epoch=0, index=None):
-        self.task, self.rank, self.world = task, rank, world
+    def __init__(self, task, rank, world, kind, resume_state=None):
+        self.task, self.rank, self.world, self.kind = task, rank, world, kind
         self.n = len(task)
         if self.n <= rank:
             raise UserError(f"the task mixture has {self.n} examples, too few for {world} processes: "
                             f"use fewer processes or more data")
-        self.epoch = epoch
-        self.index = rank if index is None else index
+        self.epoch, self.index = 0, rank
+        self.resumed = _resumes(resume_state, kind, rank, world)
+        if self.resumed:
+            self.epoch, self.index = int(resume_state["epoch"]), int(resume_state["index"])
+
+    def state(self) -> dict:
+        return {"version": STATE_VERSION, "kind": self.kind, "rank": self.rank, "world": self.world,
+                "epoch": self.epoch, "index": self.index}
 
     def next(self):
         if self.index >= self.n:
@@ -238,23 +241,17 @@ class _TaskCursor:
 
 
 class MidStream:
-    """Best-fit packing of whole conversations (no crop; leftovers padded with targets -1)."""
+    """Best-fit packing of whole conversations into rows of T+1 tokens, never cropping: when nothing
+    fits, the rest of the row is padded (inputs BOS, targets -1)."""
 
     def __init__(self, task, tokenizer, row_len, rank=0, world=1, resume_state=None, buffer_size=100):
         self.task, self.tokenizer, self.row_len = task, tokenizer, row_len
-        self.rank, self.world = rank, world
         self.buffer_size = max(1, int(buffer_size))
         self.packer = BestFitPacker(row_len, crop=False, pad_id=tokenizer.get_bos_token_id())
-        self.cursor = _TaskCursor(task, rank, world)
-        if resume_state is not None:
-            _check_state(resume_state, "mid")
-            if (resume_state.get("rank"), resume_state.get("world")) != (rank, world):
-                warnings.warn("mid data state saved with another process layout: the data stream restarts")
-            else:
-                self.cursor.epoch = int(resume_state["epoch"])
-                self.cursor.index = int(resume_state["index"])
-                for epoch, i in resume_state["pending"]:
-                    self._add(int(epoch), int(i))
+        self.cursor = _TaskCursor(task, rank, world, "mid", resume_state)
+        if self.cursor.resumed:
+            for epoch, i in resume_state["pending"]:
+                self._add(int(epoch), int(i))
 
     def _add(self, epoch, i):
         ids, mask = _render(self.tokenizer, self.task[i], self.row_len)
@@ -281,9 +278,7 @@ class MidStream:
         return inputs, targets, self.state()
 
     def state(self):
-        return {"version": STATE_VERSION, "kind": "mid", "rank": self.rank, "world": self.world,
-                "epoch": self.cursor.epoch, "index": self.cursor.index,
-                "pending": [list(x) for x in self.packer.idents()]}
+        return {**self.cursor.state(), "pending": [list(x) for x in self.packer.idents()]}
 
 
 def bucket_width(n: int, cap: int, smallest: int = 64) -> int:
@@ -296,20 +291,13 @@ def bucket_width(n: int, cap: int, smallest: int = 64) -> int:
 
 
 class SFTStream:
-    """One conversation per row, padded to the longest row of the batch."""
+    """One conversation per row; a batch is padded (inputs `<|assistant_end|>`, targets -1) to its
+    longest row rounded up by bucket_width (few distinct shapes for compiled/flex kernels)."""
 
     def __init__(self, task, tokenizer, row_len, rank=0, world=1, resume_state=None):
         self.task, self.tokenizer, self.row_len = task, tokenizer, row_len
-        self.rank, self.world = rank, world
         self.pad_id = tokenizer.encode_special("<|assistant_end|>")
-        self.cursor = _TaskCursor(task, rank, world)
-        if resume_state is not None:
-            _check_state(resume_state, "sft")
-            if (resume_state.get("rank"), resume_state.get("world")) != (rank, world):
-                warnings.warn("sft data state saved with another process layout: the data stream restarts")
-            else:
-                self.cursor.epoch = int(resume_state["epoch"])
-                self.cursor.index = int(resume_state["index"])
+        self.cursor = _TaskCursor(task, rank, world, "sft", resume_state)
 
     def next_batch(self, B):
         rows = []
@@ -332,8 +320,7 @@ class SFTStream:
         return inputs, targets, self.state()
 
     def state(self):
-        return {"version": STATE_VERSION, "kind": "sft", "rank": self.rank, "world": self.world,
-                "epoch": self.cursor.epoch, "index": self.cursor.index}
+        return self.cursor.state()
 
 
 def rebase_state(states: list, rank: int, world: int) -> dict | None:

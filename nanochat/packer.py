@@ -11,13 +11,13 @@ import numpy as np
 class BestFitPacker:
     """A buffer of token sequences (each starting with BOS) that builds fixed-length rows.
 
-    Each row: repeatedly place the LARGEST buffered item that fits the space left (ties: the oldest).
-    When none fits, with `crop` the SHORTEST item is cropped to exactly the space left and its tail
-    discarded (a tail has no BOS, so it could never start a row): the only way a token is dropped,
-    and it closes every row, so rows are always full. Without `crop` (in a row not empty) the rest of
-    the row is padded with `pad_id` (mask 0). Items are kept sorted by (length, -insertion_order), so
-    "largest that fits" and "shortest" are bisections. Selection depends only on the multiset of
-    buffered items and their relative insertion order, which is what resume reconstructs.
+    Each row: repeatedly place the LARGEST buffered item that fits the space left. When none fits,
+    with `crop` the SHORTEST item is cropped to exactly the space left and its tail discarded (a
+    tail has no BOS, so it could never start a row): the only way a token is dropped, and it closes
+    every row, so rows are always full. Without `crop` (in a row not empty) the rest is padded with
+    `pad_id` (mask 0). Items are kept sorted by (length, -insertion_order), so both picks are
+    bisections and ties go to the oldest item. Selection depends only on the multiset of buffered
+    items and their relative insertion order, which is what resume reconstructs.
     """
 
     def __init__(self, row_len: int, crop: bool = True, pad_id: int = 0):
@@ -30,7 +30,6 @@ class BestFitPacker:
         self._items: dict[int, tuple] = {}              # seq -> (ids, mask, ident)
         self._seq = 0
         self.cropped_tokens = 0                         # tokens discarded by crops (diagnostics)
-        self.padded_tokens = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -77,7 +76,6 @@ class BestFitPacker:
             else:
                 row[filled:] = self.pad_id
                 mask[filled:] = 0
-                self.padded_tokens += space
                 break
             row[filled:filled + k] = ids[:k]
             if m is not None:
