@@ -86,10 +86,10 @@ class _ChunkedSoftcapCE(torch.autograd.Function):
         return (grad_x * g.to(grad_x.dtype), (grad_w * g).to(ctx.weight_dtype), None, None, None)
 
 
-def softcapped_loss(x: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, chunk_rows: int,
-                    reduction: str):
-    """x [B, T, D], targets [B, T] (-1 = ignore) -> the loss of softcap(lm_head(x)): a scalar for "mean"
-    (over non-ignored targets) or "sum", [B, T] for "none"."""
+def softcapped_loss(x: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor,
+                    chunk_rows: int, reduction: str):
+    """x [B, T, D], targets [B, T] (-1 = ignore) -> the loss of softcap(lm_head(x)): a scalar for
+    "mean" (over non-ignored targets) or "sum", [B, T] for "none"."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"loss_reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     B, T, D = x.shape
