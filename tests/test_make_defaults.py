@@ -169,7 +169,7 @@ def test_base_train_defaults_follow_nanochat(parsers):
 def alternative(var: str, value: str) -> str:
     """Another valid value for `var` (valid together with all the others under PRESET=tiny)."""
     special = {"MODEL_TAG": lambda: "dx", "WINDOW_PATTERN": lambda: "SL", "FP8": lambda: "1",
-               "DATA_SOURCE": lambda: "auto" if value != "auto" else "embedded",
+               "DATA_SOURCE": lambda: "fineweb" if value != "fineweb" else "embedded",
                "MAX_SEQ_LEN": lambda: str(int(value) // 2)}
     if var in special:
         return special[var]()
