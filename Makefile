@@ -187,7 +187,8 @@ base_eval_flags := max-per-task=CORE_MAX_PER_TASK
 pretrain_args := BASE_ARGS
 BASE_ARGS ?=
 pretrain_exec := DEVICE_BATCH_SIZE
-pretrain_code := nanochat/gpt.py nanochat/fp8.py nanochat/optim.py nanochat/dataloader.py nanochat/training.py scripts/base_train.py
+train_code := nanochat/training.py nanochat/startup.py nanochat/resume.py nanochat/dataloader.py nanochat/packer.py
+pretrain_code := nanochat/gpt.py nanochat/gpt_config.py nanochat/loss.py nanochat/fp8.py nanochat/optim.py $(train_code) scripts/base_train.py
 pretrain_params := $(call params_of,pretrain)
 # what later stages load: the final step's number, weights and meta
 ckpt_outputs = .stamps/$(2).step $(1)/$(MODEL_TAG)/model_{step}.pt $(1)/$(MODEL_TAG)/meta_{step}.json
@@ -223,7 +224,7 @@ mid_train_flags := num-iterations=MID_ITERATIONS total-batch-size=MID_TOTAL_BATC
 midtrain_args := MID_ARGS
 MID_ARGS ?=
 midtrain_exec := DEVICE_BATCH_SIZE
-midtrain_code := nanochat/training.py scripts/mid_train.py
+midtrain_code := $(train_code) scripts/mid_train.py
 midtrain_params := $(call params_of,midtrain)
 midtrain_outputs = $(call ckpt_outputs,mid_checkpoints,midtrain)
 
@@ -251,7 +252,7 @@ chat_sft_flags := num-epochs=SFT_EPOCHS num-iterations=SFT_ITERATIONS target-exa
 sft_args := SFT_ARGS
 SFT_ARGS ?=
 sft_exec := SFT_DEVICE_BATCH_SIZE
-sft_code := nanochat/training.py scripts/chat_sft.py
+sft_code := $(train_code) scripts/chat_sft.py
 sft_params := $(call params_of,sft)
 sft_outputs = $(call ckpt_outputs,chatsft_checkpoints,sft)
 
@@ -281,7 +282,7 @@ chat_rl_flags := num-epochs=RL_EPOCHS num-iterations=RL_ITERATIONS examples-per-
 rl_args := RL_ARGS
 RL_ARGS ?=
 rl_exec := RL_DEVICE_BATCH_SIZE
-rl_code := nanochat/training.py nanochat/rl.py scripts/chat_rl.py
+rl_code := $(train_code) nanochat/rl.py scripts/chat_rl.py
 rl_params := $(call params_of,rl)
 rl_outputs = $(call ckpt_outputs,chatrl_checkpoints,rl)
 

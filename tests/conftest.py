@@ -63,10 +63,13 @@ def subprocess_env(base: Path, **extra) -> dict:
 
 
 def stage_modules(make_output: str) -> list[str]:
-    """Stage modules in the order make echoes (or, under -n, would run) them: the last `-m X` of each line."""
+    """Stage modules in the order make echoes (or, under -n, would run) them: the last `-m X` of each command
+    line (one that starts with a python; a stage's own output may quote a command too)."""
     import re
     mods = []
     for line in make_output.splitlines():
+        if not re.match(r"\S*(?:python[\d.]*|fake_py) ", line):
+            continue
         found = re.findall(r"-m (?:scripts|nanochat)\.(\w+)", line)
         if found and found[-1] not in ("pipeline", "torchrun_no_libuv"):
             mods.append(found[-1])
