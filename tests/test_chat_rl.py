@@ -248,7 +248,7 @@ def test_rl_flag_errors(base_dir):
 
 def test_rl_on_gsm8k_names_its_task_sources(base_dir, tmp_path, monkeypatch, capsys):
     """Local files (NANOCHAT_TASK_DIR) and, without them, the labelled offline substitute: the report says which."""
-    from nanochat.tasks import sources
+    from nanochat import task_data
     from scripts import chat_rl
     tiny_chat.build_checkpoint(base_dir, source="sft", tag="tiny", step=0)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -260,7 +260,7 @@ def test_rl_on_gsm8k_names_its_task_sources(base_dir, tmp_path, monkeypatch, cap
     shutil.copy(FIX / "gsm8k_test.jsonl", taskdir / "gsm8k_train.jsonl")
     shutil.copy(FIX / "gsm8k_test.jsonl", taskdir / "gsm8k_test.jsonl")
     monkeypatch.setenv("NANOCHAT_TASK_DIR", str(taskdir))
-    sources.clear_cache()
+    task_data.clear_cache()
     args = ["--device-type=cpu", "--model-tag=tiny", "--num-iterations=1", "--examples-per-step=1", "--num-samples=2",
             "--max-new-tokens=3", "--eval-examples=1", "--resume=fresh"]
     chat_rl.main(args)
@@ -271,7 +271,7 @@ def test_rl_on_gsm8k_names_its_task_sources(base_dir, tmp_path, monkeypatch, cap
     assert meta["train_source"].startswith("local:") and len(meta["loop_state"]["rewards"]) == 1
 
     monkeypatch.delenv("NANOCHAT_TASK_DIR")
-    sources.clear_cache()
+    task_data.clear_cache()
     chat_rl.main(args)
     section = (base_dir / "report" / "chat-rl.md").read_text()
     assert "Train task source: substitute: generated GSM8K-style" in section

@@ -8,7 +8,6 @@ Every Task has: name, split, source, eval_type ("categorical"|"generative"), len
 conversation, evaluate(conversation, completion_text) -> bool, describe(). Their data comes from
 `nanochat.task_data` (one local layout, one fetcher).
 """
-from nanochat import task_data as sources  # the old name, for tests/test_chat_rl.py's sources.clear_cache()
 from nanochat.tasks.base import (LETTERS, ListTask, Task, TaskMixture, TaskUnavailable, categorical_correct,
                                  extract_final_number, last_assistant_text, multiple_choice_conversation,
                                  render_multiple_choice)
