@@ -1,4 +1,4 @@
-"""Chat datasets and evaluations as Tasks (see docs/ARCHITECTURE.md, "Tasks").
+"""Chat datasets and evaluations as Tasks.
 
     from nanochat.tasks import build_mixture, load_eval_task, TaskUnavailable
     mix = build_mixture("mid", "train")          # deterministic TaskMixture

@@ -1,6 +1,6 @@
 """Task = an indexable collection of conversations, plus (for evaluations) how to score an answer.
 
-A conversation is the dict described in docs/ARCHITECTURE.md:
+A conversation is the dict:
     {"messages": [{"role": "user"|"assistant"|"system", "content": str | [parts]}], ...}
 Categorical (multiple choice) conversations also carry "letters" (the answer letters offered) and
 their final assistant message is exactly one of those letters.
