@@ -52,8 +52,7 @@ endif
 # so every stage process would compile torch from source again: there the stages keep it under the base
 # dir instead (the install itself stays untouched). PYCACHE=0 opts out. Probed only in that case.
 PYCACHE ?= 1
-torch_pyc_probe = import importlib.util as u, os, sys; s = u.find_spec("torch"); f = s and s.origin or ""; \
-  print("missing" if f.endswith(".py") and not os.path.exists(os.path.join(os.path.dirname(f), "__pycache__", "__init__." + sys.implementation.cache_tag + ".pyc")) else "present")
+torch_pyc_probe = from nanochat.doctor import torch_lacks_bytecode; print("missing" if torch_lacks_bytecode() else "present")
 ifneq ($(and $(PYTHONDONTWRITEBYTECODE),$(filter 1,$(PYCACHE))),)
   ifeq ($(shell $(PY) -c '$(torch_pyc_probe)' 2>/dev/null),missing)
     export PYTHONPYCACHEPREFIX := $(BASE)/pycache
