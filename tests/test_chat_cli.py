@@ -20,12 +20,7 @@ _spec.loader.exec_module(tiny_chat)
 @pytest.fixture(scope="module")
 def cli_base(tmp_path_factory):
     """A real tiny checkpoint, so a flag that slipped through would reach the sampler (and show it)."""
-    base = tmp_path_factory.mktemp("cli") / "base"
-    base.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NANOCHAT_BASE_DIR", str(base))
-        tiny_chat.build_checkpoint(base, source="sft", tag="tiny", step=0)
-    return base
+    return tiny_chat.checkpoint_base(tmp_path_factory, "cli")
 
 
 def chat_cli(base: Path, *flags: str) -> subprocess.CompletedProcess:

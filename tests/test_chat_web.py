@@ -41,12 +41,7 @@ URL_RE = re.compile(r"nanochat web chat: (http://\S+)")
 
 @pytest.fixture(scope="module")
 def web_base(tmp_path_factory):
-    base = tmp_path_factory.mktemp("web") / "base"
-    base.mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NANOCHAT_BASE_DIR", str(base))
-        tiny_chat.build_checkpoint(base, source="sft", tag="tiny", step=0)
-    return base
+    return tiny_chat.checkpoint_base(tmp_path_factory, "web")
 
 
 def start_server(base: Path, *flags: str, timeout: float = 120.0, stderr=subprocess.PIPE):
